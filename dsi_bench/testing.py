@@ -1,0 +1,205 @@
+"""Tiny real components for tests, benchmarks and the offline demo.
+
+Everything here is built in-process from real library classes with tiny configs
+(diffusers ``UNet2DConditionModel`` / ``AutoencoderKL`` / ``EulerDiscreteScheduler``,
+transformers ``CLIPTextModel`` / ``CLIPTokenizer``), saved in the standard diffusers
+folder layout and loaded back through the same ``from_pretrained`` path users take.
+Weights are random: the images are noise-like, but every code path is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "TINY_CROSS_ATTENTION_DIM",
+    "build_tiny_tokenizer",
+    "save_tiny_pipeline",
+    "save_tiny_tokens",
+]
+
+#: Width of the tiny text encoder, hence the embedding size of tokens that fit it.
+TINY_CROSS_ATTENTION_DIM = 32
+
+# CLIP's own pre-tokenisation regex (the one transformers' CLIPTokenizer installs).
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Words the tiny vocabulary should know: prompts, shift phrases and class names."""
+    from .classes import imagenet_classes
+    from .shifts import list_shifts
+
+    lines = [shift.prompt("object") for shift in list_shifts()]
+    lines += [c.name for c in imagenet_classes()]
+    lines += ["a photo of a", "a rendering of a", "a cropped photo of the", "a painting of a"]
+    return lines
+
+
+def build_tiny_tokenizer(vocab_size: int = 1000):
+    """A real ``CLIPTokenizer`` with a small byte-level BPE vocabulary trained in-process.
+
+    The vocabulary holds every byte symbol (with and without CLIP's ``</w>`` suffix), so any
+    text tokenizes without unknown tokens, plus merges learned with the ``tokenizers``
+    library's own BPE trainer on prompt-like text.
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=eos))
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(alphabet),  # room for the "x</w>" symbols added below
+        special_tokens=[bos, eos],
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.model.save(tmp)
+        vocab = json.loads(Path(tmp, "vocab.json").read_text(encoding="utf-8"))
+        merges = [
+            tuple(line.split(" "))
+            for line in Path(tmp, "merges.txt").read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#version")
+        ]
+    for symbol in alphabet + [a + "</w>" for a in alphabet]:
+        vocab.setdefault(symbol, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def save_tiny_pipeline(path: str | os.PathLike, *, seed: int = 0) -> Path:
+    """Write a tiny random Stable Diffusion pipeline in the diffusers folder layout.
+
+    The components mirror SD2's structure at toy scale: a cross-attention UNet with
+    linear projections, a KL autoencoder, a CLIP text encoder and tokenizer, and an
+    ``EulerDiscreteScheduler`` with ``prediction_type="v_prediction"`` like SD2's.
+    Its native generation size is 32 px. Load it with
+    ``StableDiffusionPipeline.from_pretrained(path)`` or pass ``path`` as ``model=``.
+
+    Args:
+        path: destination folder (created).
+        seed: seed of the random weights, so two calls give identical pipelines.
+
+    Returns:
+        The folder written.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    # Component constructors draw from the global generator: fork it so the caller's
+    # random state is left as it was.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = build_tiny_tokenizer()
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(16, 32),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TINY_CROSS_ATTENTION_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=TINY_CROSS_ATTENTION_DIM,
+                hidden_act="gelu",
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def save_tiny_tokens(
+    path: str | os.PathLike,
+    num_classes: int = 1000,
+    *,
+    dim: int = TINY_CROSS_ATTENTION_DIM,
+    seed: int = 0,
+    base_model: str = "dsi-bench/tiny-sd",
+) -> Path:
+    """Write a token bank (safetensors) of random class tokens that fits the tiny pipeline.
+
+    Tokens are named like the ImageNet* release's (``<{name}-{index}>``) for the first
+    ``num_classes`` ImageNet classes, and scaled to the norm of real CLIP token rows.
+
+    Args:
+        path: destination ``.safetensors`` file.
+        num_classes: number of ImageNet classes (0..num_classes-1) to cover.
+        dim: embedding width (the tiny text encoder's is 32).
+        seed: seed of the random embeddings.
+        base_model: the base model id recorded in the bank's metadata.
+
+    Returns:
+        The file written.
+    """
+    import torch
+
+    from .classes import imagenet_classes
+    from .tokens import TokenBank
+
+    classes = imagenet_classes()[:num_classes]
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(len(classes), dim, generator=gen)
+    emb = emb / emb.norm(dim=1, keepdim=True) * 0.4
+    bank = TokenBank.from_embeddings(emb, classes, base_model=base_model)
+    return bank.save(path)

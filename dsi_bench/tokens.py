@@ -1,0 +1,526 @@
+"""Class-token banks: one learned text-embedding row per class, in and out of every format.
+
+A :class:`TokenBank` is saved as one safetensors file: ``{token string: embedding}`` plus a
+JSON metadata entry (``dsi_bench``) with, per class, its index, name, WordNet id and token,
+and the bank's base model and embedding width.
+
+Importers read the ImageNet* release (``tokens/{i}.bin`` as a folder or as ``tokens.zip``)
+and diffusers textual-inversion files (``learned_embeds.safetensors`` / ``.bin``, or a
+folder of them). Pickled files are only ever read with ``torch.load(weights_only=True)``.
+Injection into a pipeline goes through diffusers' own ``load_textual_inversion``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from .classes import ClassInfo, imagenet_classes
+from .errors import OfflineError, TokenBankError
+from .files import atomic_write
+
+__all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "fetch_imagenet_star_tokens", "load_tokens"]
+
+logger = logging.getLogger(__name__)
+
+#: Hugging Face Hub dataset holding the ImageNet* release's 1000 SD2 tokens (``tokens.zip``).
+IMAGENET_STAR_TOKENS_REPO = "madrylab/imagenet-star-tokens"
+#: Base model the ImageNet* tokens were learned on.
+IMAGENET_STAR_BASE_MODEL = "stabilityai/stable-diffusion-2"
+
+_FORMAT = "dsi-bench/token-bank"
+_FORMAT_VERSION = 1
+_META_KEY = "dsi_bench"
+_TOKEN_NAME = re.compile(r"^<(.+)-(\d+)>$")
+
+
+def release_token_name(name: str, index: int) -> str:
+    """The ImageNet* naming convention for class tokens: ``<{name}-{index}>``."""
+    return f"<{name}-{index}>"
+
+
+def _safe_torch_load(data: bytes, where: str):
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a plain tensor file"
+        raise TokenBankError(
+            f"{where} is not a plain tensor file that can be loaded safely ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); re-save it with safetensors"
+        ) from None
+
+
+def _as_row(t, where: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TokenBankError(f"{where} holds a {type(t).__name__}, not a tensor; expected one embedding row")
+    t = t.detach().to("cpu", torch.float32)
+    if t.ndim == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 1:
+        raise TokenBankError(
+            f"{where} holds a tensor of shape {tuple(t.shape)}; expected one embedding row (multi-vector "
+            "tokens are not supported)"
+        )
+    return t.contiguous()
+
+
+class TokenBank:
+    """Class tokens for a dataset: class index -> (token string, embedding row).
+
+    Args:
+        embeddings: ``(N, D)`` tensor, row ``i`` for ``classes[i]``.
+        classes: the :class:`ClassInfo` of each row (indices need not be contiguous).
+        tokens: the token string of each row; defaults to ``<{name}-{index}>``.
+        base_model: the model whose text-embedding space the rows live in.
+        extra: free-form JSON-serialisable metadata kept with the bank (training progress, ...).
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        classes: Sequence[ClassInfo],
+        tokens: Sequence[str] | None = None,
+        *,
+        base_model: str | None = None,
+        extra: dict | None = None,
+    ):
+        embeddings = torch.as_tensor(embeddings).detach().to("cpu", torch.float32)
+        classes = list(classes)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(classes):
+            raise TokenBankError(
+                f"embeddings of shape {tuple(embeddings.shape)} do not match {len(classes)} classes; "
+                "expected (num_classes, dim)"
+            )
+        if not classes:
+            raise TokenBankError("a token bank needs at least one class")
+        tokens = list(tokens) if tokens is not None else [release_token_name(c.name, c.index) for c in classes]
+        if len(tokens) != len(classes):
+            raise TokenBankError(f"got {len(tokens)} tokens for {len(classes)} classes")
+        if len(set(tokens)) != len(tokens):
+            dup = sorted({t for t in tokens if tokens.count(t) > 1})
+            raise TokenBankError(f"token names must be unique; repeated: {dup[:5]}")
+        indices = [c.index for c in classes]
+        if len(set(indices)) != len(indices):
+            raise TokenBankError("each class index may appear only once in a token bank")
+        self.embeddings = embeddings.contiguous()
+        self.classes = classes
+        self.tokens = tokens
+        self.base_model = base_model
+        self.extra = dict(extra or {})
+        self._row = {c.index: i for i, c in enumerate(classes)}
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __contains__(self, class_index: object) -> bool:
+        return class_index in self._row
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenBank({len(self)} classes, dim={self.dim}, base_model={self.base_model!r}, "
+            f"fingerprint={self.fingerprint[:12]})"
+        )
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def class_indices(self) -> list[int]:
+        return [c.index for c in self.classes]
+
+    def _row_of(self, class_index: int) -> int:
+        try:
+            return self._row[class_index]
+        except KeyError:
+            lo, hi = min(self._row), max(self._row)
+            raise TokenBankError(
+                f"token bank has no token for class {class_index} (it covers {len(self)} classes, "
+                f"indices {lo}..{hi}); use a bank that covers it or drop the class from `classes`"
+            ) from None
+
+    def token_for(self, class_index: int) -> str:
+        """The token string of a class (raises :class:`TokenBankError` if absent)."""
+        return self.tokens[self._row_of(class_index)]
+
+    def embedding(self, class_index: int) -> torch.Tensor:
+        """The embedding row of a class."""
+        return self.embeddings[self._row_of(class_index)]
+
+    def class_fingerprint(self, class_index: int) -> str:
+        """sha256 of one class's token string and embedding bytes: what its pixels depend on."""
+        row = self._row_of(class_index)
+        h = hashlib.sha256(self.tokens[row].encode("utf-8"))
+        h.update(self.embeddings[row].numpy().tobytes())
+        return h.hexdigest()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 over all tokens and embeddings (order-independent)."""
+        h = hashlib.sha256()
+        for i in sorted(self._row):
+            h.update(self.class_fingerprint(i).encode())
+        return h.hexdigest()
+
+    def subset(self, class_indices: Iterable[int]) -> TokenBank:
+        rows = [self._row_of(i) for i in class_indices]
+        return TokenBank(
+            self.embeddings[rows],
+            [self.classes[r] for r in rows],
+            [self.tokens[r] for r in rows],
+            base_model=self.base_model,
+            extra=self.extra,
+        )
+
+    @classmethod
+    def from_embeddings(
+        cls, embeddings: torch.Tensor, classes: Sequence[ClassInfo], *, base_model: str | None = None
+    ) -> TokenBank:
+        """A bank with release-style token names ``<{name}-{index}>``."""
+        return cls(embeddings, classes, base_model=base_model)
+
+    # ------------------------------------------------------------------ our format
+    def metadata(self) -> dict:
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "base_model": self.base_model,
+            "dim": self.dim,
+            "classes": [{**c.to_dict(), "token": t} for c, t in zip(self.classes, self.tokens)],
+            "extra": self.extra,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bank to one safetensors file, atomically.
+
+        Returns:
+            The path written.
+        """
+        from safetensors.torch import save
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise TokenBankError(f"token bank path {str(path)!r} must end in .safetensors")
+        tensors = {t: self.embeddings[i].clone() for i, t in enumerate(self.tokens)}
+        data = save(tensors, metadata={_META_KEY: json.dumps(self.metadata())})
+        atomic_write(path, data)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TokenBank:
+        """Read a bank saved by :meth:`save` (or any format :func:`load_tokens` knows)."""
+        path = Path(path)
+        if path.is_file() and path.suffix == ".safetensors" and _read_safetensors_meta(path) is not None:
+            return _load_bank_file(path)
+        return load_tokens(path)
+
+    # ------------------------------------------------------------------ importers
+    @classmethod
+    def from_release(
+        cls,
+        path: str | os.PathLike,
+        *,
+        classes: Sequence[ClassInfo] | None = None,
+        base_model: str = IMAGENET_STAR_BASE_MODEL,
+    ) -> TokenBank:
+        """Import the ImageNet* release layout: ``{i}.bin`` files in a folder or in ``tokens.zip``.
+
+        Each file is a ``torch.save``d tensor of one embedding row, read with
+        ``torch.load(weights_only=True)``. Class names default to the ImageNet-1k list and
+        token names follow the release's ``<{name}-{index}>``.
+        """
+        path = Path(path)
+        rows: dict[int, torch.Tensor] = {}
+        if path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    m = re.fullmatch(r"(?:.*/)?(\d+)\.bin", info.filename)
+                    if m and not info.is_dir() and "__MACOSX" not in info.filename:
+                        where = f"{path}:{info.filename}"
+                        rows[int(m.group(1))] = _as_row(_safe_torch_load(zf.read(info), where), where)
+        elif path.is_dir():
+            folder = path / "tokens" if (path / "tokens").is_dir() else path
+            for f in folder.glob("*.bin"):
+                if f.stem.isdigit():
+                    rows[int(f.stem)] = _as_row(_safe_torch_load(f.read_bytes(), str(f)), str(f))
+        else:
+            raise TokenBankError(
+                f"ImageNet* tokens {str(path)!r} not found; pass the release's tokens.zip or its unzipped folder"
+            )
+        if not rows:
+            raise TokenBankError(f"{str(path)!r} holds no tokens/{{i}}.bin files; is it the ImageNet* tokens.zip?")
+        classes = list(classes) if classes is not None else list(imagenet_classes())
+        by_index = {c.index: c for c in classes}
+        unknown = sorted(set(rows) - set(by_index))
+        if unknown:
+            raise TokenBankError(f"{str(path)!r} has tokens for class indices {unknown[:5]} beyond the class list")
+        order = sorted(rows)
+        dims = {rows[i].numel() for i in order}
+        if len(dims) != 1:
+            raise TokenBankError(f"{str(path)!r} mixes embedding widths {sorted(dims)}; every token must have one")
+        if len(order) != len(by_index):
+            logger.warning("%s holds %d of %d class tokens", path, len(order), len(by_index))
+        return cls(torch.stack([rows[i] for i in order]), [by_index[i] for i in order], base_model=base_model)
+
+    @classmethod
+    def from_diffusers(
+        cls,
+        path: str | os.PathLike,
+        *,
+        classes: Sequence[ClassInfo] | None = None,
+        base_model: str | None = None,
+    ) -> TokenBank:
+        """Import diffusers textual-inversion files (``{token: tensor}``) or a folder of them.
+
+        The class of each token is read from a ``<name-index>`` token, else from a numeric
+        file or folder name, else from the sorted file order.
+        """
+        path = Path(path)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise TokenBankError(f"textual-inversion path {str(path)!r} does not exist")
+        if not files:
+            raise TokenBankError(f"{str(path)!r} holds no .safetensors or .bin textual-inversion files")
+        entries: list[tuple[str, torch.Tensor, Path]] = []
+        for f in files:
+            for token, tensor in _read_state_dict(f).items():
+                entries.append((token, _as_row(tensor, f"{f} [{token}]"), f))
+        by_index = {c.index: c for c in classes} if classes is not None else None
+        infos, tokens, embs = [], [], []
+        for position, (token, emb, f) in enumerate(entries):
+            m = _TOKEN_NAME.match(token)
+            numeric = next((p for p in (f.stem, f.parent.name) if p.isdigit()), None)
+            if m:
+                name, index = m.group(1), int(m.group(2))
+            else:
+                name, index = token.strip("<>"), int(numeric) if numeric is not None else position
+            if by_index is not None:
+                if index not in by_index:
+                    raise TokenBankError(f"token {token!r} in {f} maps to class {index}, not in the class list")
+                info = by_index[index]
+            else:
+                info = ClassInfo(index, name)
+            infos.append(info)
+            tokens.append(token)
+            embs.append(emb)
+        dims = {e.numel() for e in embs}
+        if len(dims) != 1:
+            raise TokenBankError(f"{str(path)!r} mixes embedding widths {sorted(dims)}; every token must have one")
+        order = sorted(range(len(infos)), key=lambda i: infos[i].index)
+        return cls(
+            torch.stack([embs[i] for i in order]),
+            [infos[i] for i in order],
+            [tokens[i] for i in order],
+            base_model=base_model,
+        )
+
+    # ------------------------------------------------------------------ exporters
+    def to_diffusers(self, folder: str | os.PathLike) -> Path:
+        """Export one diffusers textual-inversion folder per class.
+
+        Writes ``folder/{index:04d}/learned_embeds.safetensors`` holding ``{token: (1, dim)}``,
+        the layout ``pipe.load_textual_inversion(folder/0207)`` reads.
+        """
+        from safetensors.torch import save
+
+        folder = Path(folder)
+        for i, (c, token) in enumerate(zip(self.classes, self.tokens)):
+            data = save({token: self.embeddings[i : i + 1].clone()})
+            atomic_write(folder / f"{c.index:04d}" / "learned_embeds.safetensors", data)
+        return folder
+
+    # ------------------------------------------------------------------ pipelines
+    def inject(self, pipe, class_indices: Iterable[int] | None = None, *, model_name: str | None = None) -> None:
+        """Add class tokens to a pipeline's tokenizer and text encoder.
+
+        All tokens go in with one ``pipe.load_textual_inversion`` call; tokens already
+        present with the same embedding are skipped. Afterwards every token must encode
+        to exactly one token id.
+
+        Raises:
+            TokenBankError: the embedding width does not match the text encoder, a token
+                name is taken by a different embedding, or a token splits into several ids.
+        """
+        bank = self if class_indices is None else self.subset(class_indices)
+        text_encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+        table = text_encoder.get_input_embeddings().weight
+        expected = int(table.shape[-1])
+        model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "this pipeline"
+        if expected != bank.dim:
+            raise TokenBankError(
+                f"tokens are {bank.dim}-d but the text encoder of {model_name} expects {expected}; use a token "
+                f"bank learned for this model (this bank's base model: {bank.base_model or 'unknown'})"
+            )
+        vocab = tokenizer.get_vocab()
+        new_tokens, new_rows = [], []
+        for i, token in enumerate(bank.tokens):
+            if token in vocab:
+                current = table[vocab[token]].detach().float().cpu()
+                if not torch.allclose(current, bank.embeddings[i], atol=1e-3, rtol=1e-3):
+                    raise TokenBankError(
+                        f"token {token!r} already exists in the tokenizer of {model_name} with a different "
+                        "embedding; load this bank into a fresh pipeline or rename its tokens"
+                    )
+                continue
+            new_tokens.append(token)
+            new_rows.append(bank.embeddings[i])
+        if new_tokens:
+            pipe.load_textual_inversion(new_rows, token=new_tokens, tokenizer=tokenizer, text_encoder=text_encoder)
+        ids = tokenizer(list(bank.tokens), add_special_tokens=False).input_ids
+        bad = [t for t, i in zip(bank.tokens, ids) if len(i) != 1]
+        if bad:
+            raise TokenBankError(
+                f"{len(bad)} class tokens do not encode to a single token id (e.g. {bad[0]!r}); the tokenizer "
+                "normalises them away: rename the tokens (e.g. lower-case, no spaces)"
+            )
+
+
+# ---------------------------------------------------------------------- helpers
+def _read_safetensors_meta(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
+        raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from None
+    if _META_KEY not in meta:
+        return None
+    try:
+        data = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError:
+        raise TokenBankError(f"{str(path)!r} has damaged dsi-bench metadata; re-export the bank") from None
+    if data.get("format") != _FORMAT:
+        return None
+    return data
+
+
+def _load_bank_file(path: Path) -> TokenBank:
+    from safetensors.torch import load_file
+
+    meta = _read_safetensors_meta(path)
+    if meta.get("format_version", 0) > _FORMAT_VERSION:
+        raise TokenBankError(
+            f"{str(path)!r} uses token-bank format {meta['format_version']}; upgrade dsi-bench to read it"
+        )
+    tensors = load_file(str(path))
+    rows = meta["classes"]
+    missing = [r["token"] for r in rows if r["token"] not in tensors]
+    if missing:
+        raise TokenBankError(f"{str(path)!r} lists tokens without embeddings: {missing[:5]}; the file is damaged")
+    emb = torch.stack([_as_row(tensors[r["token"]], f"{path} [{r['token']}]") for r in rows])
+    return TokenBank(
+        emb,
+        [ClassInfo(int(r["index"]), r["name"], r.get("wnid")) for r in rows],
+        [r["token"] for r in rows],
+        base_model=meta.get("base_model"),
+        extra=meta.get("extra") or {},
+    )
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from None
+    else:
+        sd = _safe_torch_load(path.read_bytes(), str(path))
+    if isinstance(sd, torch.Tensor):
+        raise TokenBankError(f"{str(path)!r} holds a bare tensor; diffusers files map a token to its embedding")
+    if not isinstance(sd, dict):
+        raise TokenBankError(f"{str(path)!r} is not a {{token: tensor}} textual-inversion file")
+    if "string_to_param" in sd:  # Automatic1111 layout
+        sd = {str(sd.get("name", path.stem)): sd["string_to_param"]["*"]}
+    return sd
+
+
+def fetch_imagenet_star_tokens(*, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Download the ImageNet* ``tokens.zip`` from the Hub (cached by huggingface_hub).
+
+    Raises:
+        OfflineError: the Hub cannot be reached and the file is not cached.
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(
+            hf_hub_download(
+                IMAGENET_STAR_TOKENS_REPO, "tokens.zip", repo_type="dataset", revision=revision, cache_dir=cache_dir
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP and cache-miss errors all mean the same here
+        raise OfflineError(
+            f"could not download tokens.zip from the Hub dataset {IMAGENET_STAR_TOKENS_REPO} "
+            f"({type(e).__name__}); download it where you are online and pass its local path "
+            "(tokens='path/to/tokens.zip' or --tokens path/to/tokens.zip)"
+        ) from None
+
+
+def load_tokens(source, *, classes: Sequence[ClassInfo] | None = None) -> TokenBank:
+    """Load a token bank from any supported source.
+
+    Args:
+        source: a :class:`TokenBank`; ``"imagenet-star"`` (or the Hub repo id) to fetch the
+            release's tokens; a dsi-bench ``.safetensors`` bank; the release's ``tokens.zip``
+            or ``tokens/`` folder; a diffusers ``learned_embeds`` file or a folder of them.
+        classes: class list for release/diffusers imports (default: ImageNet-1k).
+
+    Raises:
+        TokenBankError: the path does not exist or has an unknown layout.
+        OfflineError: the Hub tokens were asked for and the Hub is unreachable.
+    """
+    if isinstance(source, TokenBank):
+        return source
+    if isinstance(source, str) and source in ("imagenet-star", IMAGENET_STAR_TOKENS_REPO):
+        source = fetch_imagenet_star_tokens()
+    path = Path(source).expanduser()
+    if path.exists():
+        # Datasets for many shifts usually share one bank file: read it once per process.
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, None if classes is None else tuple(classes))
+        if key not in _LOADED:
+            _LOADED[key] = _load_tokens_uncached(path, classes)
+        return _LOADED[key]
+    return _load_tokens_uncached(path, classes)
+
+
+_LOADED: dict[tuple, TokenBank] = {}
+
+
+def _load_tokens_uncached(path: Path, classes) -> TokenBank:
+    source = path
+    if not path.exists():
+        raise TokenBankError(
+            f"token source {str(source)!r} does not exist; pass a .safetensors bank, the ImageNet* tokens.zip "
+            "or folder, a diffusers learned_embeds file/folder, or 'imagenet-star' to download the release's"
+        )
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            if _read_safetensors_meta(path) is not None:
+                return _load_bank_file(path)
+            return TokenBank.from_diffusers(path, classes=classes)
+        if zipfile.is_zipfile(path):
+            return TokenBank.from_release(path, classes=classes)
+        if path.suffix in (".bin", ".pt", ".pth"):
+            return TokenBank.from_diffusers(path, classes=classes)
+        raise TokenBankError(f"unknown token file type {str(path)!r}; expected .safetensors, .zip, .bin or .pt")
+    folder = path / "tokens" if (path / "tokens").is_dir() else path
+    if any(f.stem.isdigit() for f in folder.glob("*.bin")):
+        return TokenBank.from_release(path, classes=classes)
+    return TokenBank.from_diffusers(path, classes=classes)

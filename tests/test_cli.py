@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsi_bench.cli import build_parser, main
+
+
+def test_shifts_command(capsys):
+    assert main(["shifts"]) == 0
+    out = capsys.readouterr().out
+    assert "in_the_snow" in out and "a photo of a <TOKEN> in the snow" in out and "24 shifts" in out
+    assert main(["shifts", "in_the_*", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {d["id"] for d in data} >= {"in_the_rain", "in_the_beach"}
+
+
+def test_every_command_help_shows_an_example():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"shifts", "generate", "tokens", "demo"}
+    for name, p in sub.choices.items():
+        assert "example:" in p.format_help() and f"dsi-bench {name}" in p.format_help(), name
+
+
+def _generate(tiny_model, tiny_tokens, out, *extra):
+    return main([
+        "generate", "--model", str(tiny_model), "--tokens", str(tiny_tokens), "--shift", "in the rain",
+        "--classes", "0-1,207", "--per-class", "2", "--seed", "0", "--batch-size", "4", "--steps", "2",
+        "--out-size", "0", "--out", str(out), "--quiet", "--no-cache", *extra,
+    ])
+
+
+def test_generate_writes_the_layout_and_metadata(tiny_model, tiny_tokens, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg") == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert files == [f"in_the_rain/{c:04d}/{i:02d}.jpg" for c in (0, 1, 207) for i in (0, 1)]
+    lines = [json.loads(x) for x in (out / "in_the_rain" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in lines] == [f.split("/", 1)[1] for f in files]
+    assert lines[-1]["prompt"] == "a photo of a <golden retriever-207> in the rain"
+    assert lines[0]["format"] == "jpg" and lines[0]["quality"] == 95 and lines[0]["steps"] == 2
+    assert "in_the_rain" in capsys.readouterr().out
+    # A rerun with the same settings resumes: nothing new is generated, nothing is lost.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg") == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == before
+    assert "      0" in capsys.readouterr().out
+    # Other settings into the same folder regenerate instead of silently keeping stale images.
+    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg", "--steps", "3") == 0
+    lines = [json.loads(x) for x in (out / "in_the_rain" / "metadata.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and {r["steps"] for r in lines} == {3}
+
+
+def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
+    from PIL import Image
+
+    from dsi_bench.datasets import ShiftedImageNet
+    from dsi_bench.pipeline import PipelineSpec
+
+    out = tmp_path / "out"
+    assert _generate(tiny_model, tiny_tokens, out) == 0
+    spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
+    ds = ShiftedImageNet("in the rain", classes=[207], per_class=2, pipeline=spec, tokens=tiny_tokens, cache_dir=False)
+    with Image.open(out / "in_the_rain" / "0207" / "01.png") as im:
+        assert im.tobytes() == ds[1][0].tobytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--shift", "in the rian", "--out", "{tmp}"], "Did you mean 'in_the_rain'"),
+    (["generate", "--model", "{tmp}/nope/model", "--tokens", "none", "--out", "{tmp}"], "neither an existing folder"),
+    (["generate", "--classes", "0-1000", "--tokens", "none", "--out", "{tmp}"], "out of range"),
+    (["generate", "--per-class", "0", "--out", "{tmp}"], "per_class=0"),
+    (["generate", "--tokens", "missing.zip", "--out", "{tmp}"], "does not exist"),
+    (["generate", "--sampler", "dpm", "--out", "{tmp}"], "invalid choice"),
+])
+def test_cli_errors_are_one_line_exit_2(args, message, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) if message == "invalid choice" else _nullcontext() as exc:
+        code = main(args)
+    if message == "invalid choice":
+        code = exc.value.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsi_bench.cli", "generate", "--shift", "a <TOKEN> <TOKEN>", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("dsi-bench generate: error: prompt template") and "Traceback" not in proc.stderr
+
+
+def test_tokens_command_converts_release_zip(tmp_path, capsys):
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(tmp_path / "tokens.zip", "w") as zf:
+        for i in range(3):
+            import io
+
+            buf = io.BytesIO()
+            torch.save(torch.randn(1024), buf)
+            zf.writestr(f"tokens/{i}.bin", buf.getvalue())
+    bank = tmp_path / "bank.safetensors"
+    assert main(["tokens", str(tmp_path / "tokens.zip"), "--out", str(bank), "--diffusers", str(tmp_path / "ti"),
+                 "--base-model", "stabilityai/stable-diffusion-2"]) == 0
+    from dsi_bench.tokens import TokenBank
+
+    loaded = TokenBank.load(bank)
+    assert len(loaded) == 3 and loaded.base_model == "stabilityai/stable-diffusion-2"
+    assert (tmp_path / "ti" / "0002" / "learned_embeds.safetensors").is_file()

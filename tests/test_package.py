@@ -1,0 +1,44 @@
+import json
+import subprocess
+import sys
+
+from dsi_bench.testing import build_tiny_tokenizer
+
+
+def test_import_is_light():
+    code = "import sys, dsi_bench; print(json.dumps([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_public_names_resolve():
+    import dsi_bench
+
+    for name in dsi_bench.__all__:
+        assert getattr(dsi_bench, name) is not None, name
+
+
+def test_tiny_pipeline_is_a_real_sd2_shaped_pipeline(tiny_model):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 32
+    assert (tiny_model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_tiny_tokenizer_covers_any_text_without_unknowns():
+    tok = build_tiny_tokenizer()
+    ids = tok("a photo of a Golden Retriever in the snow, ünïcode & 123", add_special_tokens=False).input_ids
+    assert tok.unk_token_id not in ids  # every byte symbol is in the vocabulary
+    assert len(tok("golden retriever", add_special_tokens=False).input_ids) < len("golden retriever")  # merges learned
+
+
+def test_demo_runs_offline(tmp_path, capsys):
+    from dsi_bench.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "in_the_snow" in out and "RANDOM weights" in out
+    assert len(list((tmp_path / "demo" / "images" / "oil_painting").rglob("*.png"))) == 20

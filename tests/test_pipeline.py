@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from dsi_bench import pipeline as pl
+from dsi_bench.errors import ModelLoadError, OfflineError, SpecError
+from dsi_bench.pipeline import SAMPLERS, PipelineSpec, load_pipeline, model_fingerprint
+from dsi_bench.tokens import TokenBank
+
+
+def test_defaults_reproduce_the_reference():
+    spec = PipelineSpec()
+    assert spec.model == "stabilityai/stable-diffusion-2"
+    assert spec.sampler == "euler" and spec.preset.scheduler == "EulerDiscreteScheduler"
+    assert spec.num_steps == 50 and spec.guidance_scale == 7.5
+    assert spec.gen_size is None and spec.out_size == 512  # native (768 for SD2) -> 512
+    assert spec.negative_prompt is None
+    assert spec.device == "cpu" and spec.torch_dtype == torch.float32
+
+
+def test_dtype_follows_the_device():
+    assert PipelineSpec(device="cuda").torch_dtype == torch.float16
+    assert PipelineSpec(device="cuda", dtype="bf16").torch_dtype == torch.bfloat16
+    assert PipelineSpec(dtype="torch.float32").dtype == "float32"
+
+
+def test_sampler_presets():
+    assert SAMPLERS["dpm++2m"].default_steps == 25
+    assert PipelineSpec(sampler="dpm++2m").num_steps == 25
+    assert PipelineSpec(sampler="dpm++2m", steps=10).num_steps == 10
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sampler": "dpm++"}, "unknown sampler 'dpm\\+\\+'"),
+    ({"steps": 0}, "steps=0"),
+    ({"gen_size": 100}, "multiple of 8"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"dtype": "int8"}, "dtype 'int8'"),
+    ({"device": "gpu0"}, "device 'gpu0'"),
+    ({"compile": "fast"}, "compile='fast'"),
+])
+def test_bad_spec_values(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        PipelineSpec(**kwargs)
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="neither an existing folder nor a Hub id"):
+        model_fingerprint(str(tmp_path / "missing" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        model_fingerprint(str(tmp_path / "empty"))
+    with pytest.raises(OfflineError, match="hf download stabilityai/stable-diffusion-2 --local-dir"):
+        model_fingerprint("stabilityai/stable-diffusion-2")
+    with pytest.raises(OfflineError, match="--local-dir"):
+        load_pipeline(PipelineSpec(model="some-org/some-model"))
+
+
+def test_fingerprint_tracks_content(tiny_model, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_model))
+    cfg = copy / "scheduler" / "scheduler_config.json"
+    cfg.write_text(cfg.read_text().replace('"beta_end": 0.012', '"beta_end": 0.013'))
+    assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model))
+
+
+def test_pipeline_loaded_once_per_process_and_weights_shared(tiny_spec, tiny_tokens):
+    pl.clear_pipeline_cache()
+    before = dict(pl.LOAD_COUNTS)
+    bank = TokenBank.load(tiny_tokens)
+    a = load_pipeline(tiny_spec, bank)
+    b = load_pipeline(tiny_spec.replace(steps=7, sampler="dpm++2m"), TokenBank.load(tiny_tokens))
+    assert a is b  # sampler and steps are per-call settings
+    assert pl.LOAD_COUNTS["base"] == before["base"] + 1
+    other = TokenBank(bank.embeddings[:2] * 2, bank.classes[:2])
+    c = load_pipeline(tiny_spec, other)
+    assert c is not a and c.pipe.unet is a.pipe.unet  # another bank: own text encoder, shared UNet
+    assert c.pipe.text_encoder is not a.pipe.text_encoder
+    assert pl.LOAD_COUNTS["base"] == before["base"] + 1
+
+
+def test_scheduler_presets_keep_v_prediction(tiny_spec):
+    loaded = load_pipeline(tiny_spec.replace(sampler="dpm++2m"))
+    sched = loaded.make_scheduler()
+    assert type(sched).__name__ == "DPMSolverMultistepScheduler"
+    assert sched.config.prediction_type == "v_prediction"
+    assert sched.config.algorithm_type == "dpmsolver++"
+
+
+def test_sdpa_attention_is_used(tiny_spec):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    loaded = load_pipeline(tiny_spec)
+    assert all(isinstance(p, AttnProcessor2_0) for p in loaded.pipe.unet.attn_processors.values())
+
+
+def test_safety_checker_request_on_a_model_without_one(tiny_model):
+    with pytest.raises(SpecError, match="ships no safety checker"):
+        load_pipeline(PipelineSpec(model=str(tiny_model), safety_checker=True))
