@@ -47,14 +47,6 @@ TEXT = dict(
     hidden_act="gelu",
     projection_dim=512,
 )
-SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="v_prediction",
-    steps_offset=1,
-)
 
 
 def save_sd2_random(path: str | Path, dtype: str = "float16") -> Path:
@@ -63,7 +55,7 @@ def save_sd2_random(path: str | Path, dtype: str = "float16") -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dsi_bench.testing import build_tiny_tokenizer
+    from dsi_bench.testing import SD2_SCHEDULER_CONFIG, build_tiny_tokenizer
 
     path = Path(path)
     if (path / "model_index.json").is_file():
@@ -83,7 +75,7 @@ def save_sd2_random(path: str | Path, dtype: str = "float16") -> Path:
             ),
             tokenizer=tokenizer,
             unet=UNet2DConditionModel(**UNET),
-            scheduler=EulerDiscreteScheduler(**SCHEDULER),
+            scheduler=EulerDiscreteScheduler(**SD2_SCHEDULER_CONFIG),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                 --out shifted/ --device cuda
         """),
     )
-    p.add_argument("--shift", action="append", help="shift name, template or phrase; repeat for several (default: base)")
+    p.add_argument("--shift", action="append",
+                   help="shift name, template or phrase; repeat for several (default: base)")
     p.add_argument("--classes", default="all", help="e.g. 0-9,207 or goldfish (default: all)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")

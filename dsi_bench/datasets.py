@@ -16,7 +16,7 @@ from torchvision.datasets import VisionDataset
 
 from .cache import SampleCache
 from .classes import ClassList, imagenet_classes
-from .errors import SpecError, TokenBankError
+from .errors import SpecError
 from .pipeline import DEFAULT_MODEL, PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import SampleRequest, Synthesizer
@@ -126,15 +126,11 @@ class ShiftedImageNet(VisionDataset):
         if model is None and pipeline is None:
             spec = spec.replace(model=DEFAULT_MODEL)
         check_model(spec.model)
-        bank = load_tokens(tokens, classes=None if class_list is None else list(class_list)) if tokens is not None else None
+        bank = None
+        if tokens is not None:
+            bank = load_tokens(tokens, classes=None if class_list is None else list(class_list))
         if bank is not None:
-            missing = [i for i in self.class_indices if i not in bank]
-            if missing:
-                raise TokenBankError(
-                    f"token bank has no token for class {missing[0]}"
-                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                    + f"; it covers {len(bank)} classes. Pass classes= within the bank or a bank that covers them"
-                )
+            bank.require(self.class_indices)
         cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
         self.synthesizer = Synthesizer(spec, bank, self.class_list, cache)
 

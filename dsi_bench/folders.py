@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cache import SampleCache
 from .classes import ClassList, imagenet_classes
-from .errors import SpecError, TokenBankError
+from .errors import SpecError
 from .files import atomic_write, ensure_writable_dir
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
@@ -104,11 +104,7 @@ def generate_folder(
     shift_objs = [get_shift(s) for s in shifts]
     bank = load_tokens(tokens) if tokens is not None else None
     if bank is not None:
-        missing = [i for i in indices if i not in bank]
-        if missing:
-            raise TokenBankError(
-                f"token bank has no token for class {missing[0]} ({len(missing)} missing); pass --classes within it"
-            )
+        bank.require(indices)
     cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
     synth = Synthesizer(spec, bank, class_list, cache)
     ext = image_format

@@ -114,7 +114,9 @@ def resolve_device(device: str | None) -> str:
     try:
         torch.device(name)
     except (RuntimeError, TypeError):
-        raise SpecError(f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from None
+        raise SpecError(
+            f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'"
+        ) from None
     return name
 
 
@@ -340,7 +342,9 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
         from huggingface_hub import snapshot_download
 
         try:
-            path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=["model_index.json"])
+            path = snapshot_download(
+                model, revision=revision, local_files_only=True, allow_patterns=["model_index.json"]
+            )
             commit = Path(path).name
         except Exception:  # noqa: BLE001 - not in the local cache: ask the Hub
             from huggingface_hub import HfApi

@@ -15,11 +15,22 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
+    "SD2_SCHEDULER_CONFIG",
     "TINY_CROSS_ATTENTION_DIM",
     "build_tiny_tokenizer",
     "save_tiny_pipeline",
     "save_tiny_tokens",
 ]
+
+#: Stable Diffusion 2's noise schedule (v-prediction), shared by the tiny and full-size test models.
+SD2_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    steps_offset=1,
+)
 
 #: Width of the tiny text encoder, hence the embedding size of tokens that fit it.
 TINY_CROSS_ATTENTION_DIM = 32
@@ -146,14 +157,7 @@ def save_tiny_pipeline(path: str | os.PathLike, *, seed: int = 0) -> Path:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        steps_offset=1,
-    )
+    scheduler = EulerDiscreteScheduler(**SD2_SCHEDULER_CONFIG)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -149,6 +149,20 @@ class TokenBank:
                 f"indices {lo}..{hi}); use a bank that covers it or drop the class from `classes`"
             ) from None
 
+    def require(self, class_indices: Iterable[int]) -> None:
+        """Check that the bank has a token for every class.
+
+        Raises:
+            TokenBankError: naming the first missing class, how many are missing, and the fix.
+        """
+        missing = [i for i in class_indices if i not in self._row]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise TokenBankError(
+                f"token bank has no token for class {missing[0]}{more}; it covers {len(self)} classes. Select "
+                "classes within the bank (classes= / --classes) or use a bank that covers them"
+            )
+
     def token_for(self, class_index: int) -> str:
         """The token string of a class (raises :class:`TokenBankError` if absent)."""
         return self.tokens[self._row_of(class_index)]

@@ -124,3 +124,28 @@ def test_tokens_command_converts_release_zip(tmp_path, capsys):
     loaded = TokenBank.load(bank)
     assert len(loaded) == 3 and loaded.base_model == "stabilityai/stable-diffusion-2"
     assert (tmp_path / "ti" / "0002" / "learned_embeds.safetensors").is_file()
+
+
+def test_unwritable_output_folder(tiny_model, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _generate(tiny_model, "none", blocker / "out") == 2
+    err = capsys.readouterr().err
+    assert "output folder" in err and "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generation_benchmark_runs(tmp_path):
+    """The benchmark script stays runnable (a tiny, 2-step smoke run; not a timing)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    result = bench.main(["--images", "2", "--steps", "2", "--batch-sizes", "1,2", "--out-size", "0",
+                         "--work", str(tmp_path), "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    assert [r["batch_size"] for r in result["rows"]] == [1, 1, 2, 2]
+    assert result["unet_gflops_per_sample_forward"] > 0

@@ -158,3 +158,23 @@ def test_unwritable_cache_dir(make_ds, tmp_path):
     blocker.write_text("x")
     with pytest.raises(CacheError, match="not writable"):
         make_ds(cache_dir=blocker / "cache")
+
+
+def test_custom_dataset_classes_and_tokens(tiny_spec, tmp_path):
+    from dsi_bench.classes import ClassList
+    from dsi_bench.tokens import TokenBank
+
+    classes = ClassList.from_names(["apple", "pear", "plum"], name="fruit")
+    bank = TokenBank.from_embeddings(torch.randn(3, 32) * 0.3, list(classes), base_model="tiny")
+    path = bank.save(tmp_path / "fruit.safetensors")
+    ds = ShiftedImageNet("on the road", classes="pear,2", per_class=1, pipeline=tiny_spec, tokens=path,
+                         class_list=classes, cache_dir=False)
+    assert ds.targets == [1, 2] and ds.classes == ["apple", "pear", "plum"]
+    assert ds.metadata(0)["prompt"] == "a photo of a <pear-1> on the road"
+    assert ds[1][1] == 2
+
+
+def test_channels_last_spec_generates(make_ds, tiny_spec):
+    ds = make_ds(pipeline=tiny_spec.replace(channels_last=True), classes=[0], per_class=1, cache_dir=False)
+    image, label = ds[0]
+    assert image.size == (32, 32) and label == 0

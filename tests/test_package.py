@@ -6,7 +6,10 @@ from dsi_bench.testing import build_tiny_tokenizer
 
 
 def test_import_is_light():
-    code = "import sys, dsi_bench; print(json.dumps([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]))"
+    code = (
+        "import sys, dsi_bench; "
+        "print(json.dumps([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
