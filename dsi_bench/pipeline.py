@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -131,7 +132,7 @@ class PipelineSpec:
         steps: denoising steps; ``None`` = the sampler's default (50 for ``euler``).
         guidance_scale: classifier-free guidance weight.
         gen_size: generation resolution in px; ``None`` = the model's native size (768 for SD2).
-        out_size: final image size in px (Lanczos resize); ``None`` = keep ``gen_size``.
+        out_size: final image size in px (Lanczos resize); ``None`` or 0 = keep ``gen_size``.
         negative_prompt: the unconditional prompt; ``None`` = empty (the reference's).
         batch_size: samples per denoiser call. Requests are always run in calls of exactly
             this many (the last call padded with repeats) because matrix kernels round
@@ -172,6 +173,8 @@ class PipelineSpec:
                 f"unknown sampler {self.sampler!r};{close_matches(self.sampler, SAMPLERS)} "
                 f"choose one of {', '.join(SAMPLERS)}"
             )
+        if self.out_size == 0:  # 0 = keep the generation size, as on the command line
+            set_(self, "out_size", None)
         for name in ("steps", "gen_size", "out_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -289,6 +292,25 @@ def check_model(model: str) -> None:
             f"model {model!r} is neither an existing folder nor a Hub id like 'stabilityai/stable-diffusion-2'; "
             "check the path"
         )
+
+
+def read_component_config(model: str, revision: str | None, component: str) -> dict | None:
+    """A pipeline component's ``config.json`` without loading weights.
+
+    Local folders are read directly; Hub ids only from the local Hub cache (no network).
+    Returns ``None`` when the config is not available.
+    """
+    model = os.fspath(model)
+    try:
+        if _is_local(model):
+            path = Path(model).expanduser() / component / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, f"{component}/config.json", revision=revision, local_files_only=True))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - missing, not cached, or unreadable: unknown until loaded
+        return None
 
 
 _FINGERPRINTS: dict[tuple, str] = {}

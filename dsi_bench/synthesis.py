@@ -20,13 +20,13 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from .cache import SampleCache
 from .classes import ClassList
-from .pipeline import PipelineSpec, load_pipeline, model_fingerprint
+from .pipeline import PipelineSpec, load_pipeline, model_fingerprint, read_component_config
 from .shifts import Shift, get_shift
-from .tokens import TokenBank
+from .errors import TokenBankError
+from .tokens import TokenBank, dim_mismatch_message
 from .version import __version__
 
 __all__ = ["GeneratedSample", "SampleRequest", "Synthesizer", "make_requests", "sample_key", "sample_seed"]
@@ -79,19 +79,11 @@ class GeneratedSample:
 
 def _native_size(model: str, revision: str | None) -> int | None:
     """The model's native resolution from its configs, without loading weights."""
-    try:
-        if Path(model).expanduser().is_dir():
-            root = Path(model).expanduser()
-            unet = json.loads((root / "unet" / "config.json").read_text())
-            vae = json.loads((root / "vae" / "config.json").read_text())
-        else:
-            from huggingface_hub import hf_hub_download
-
-            unet = json.loads(Path(hf_hub_download(model, "unet/config.json", revision=revision)).read_text())
-            vae = json.loads(Path(hf_hub_download(model, "vae/config.json", revision=revision)).read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except Exception:  # noqa: BLE001 - unknown until the pipeline is loaded
-        return None
+    unet = read_component_config(model, revision, "unet")
+    vae = read_component_config(model, revision, "vae")
+    if unet is None or vae is None:
+        return None  # known once the pipeline is loaded
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 class Synthesizer:
@@ -119,11 +111,13 @@ class Synthesizer:
         self.tokens = tokens
         self.classes = classes
         self.cache = cache
+        if tokens is not None:
+            # Fail before anything is generated, not at the first batch.
+            text = read_component_config(spec.model, spec.revision, "text_encoder")
+            if text is not None and int(text.get("hidden_size", tokens.dim)) != tokens.dim:
+                raise TokenBankError(dim_mismatch_message(tokens, int(text["hidden_size"]), spec.model))
         self._fingerprint: str | None = None
         self._gen_size: int | None = spec.gen_size
-
-    def __getstate__(self):
-        return {**self.__dict__, "_fingerprint": None}
 
     @property
     def model_fingerprint(self) -> str:

@@ -374,10 +374,7 @@ class TokenBank:
         expected = int(table.shape[-1])
         model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "this pipeline"
         if expected != bank.dim:
-            raise TokenBankError(
-                f"tokens are {bank.dim}-d but the text encoder of {model_name} expects {expected}; use a token "
-                f"bank learned for this model (this bank's base model: {bank.base_model or 'unknown'})"
-            )
+            raise TokenBankError(dim_mismatch_message(bank, expected, model_name))
         vocab = tokenizer.get_vocab()
         new_tokens, new_rows = [], []
         for i, token in enumerate(bank.tokens):
@@ -403,6 +400,13 @@ class TokenBank:
 
 
 # ---------------------------------------------------------------------- helpers
+def dim_mismatch_message(bank: TokenBank, expected: int, model_name: str) -> str:
+    return (
+        f"tokens are {bank.dim}-d but the text encoder of {model_name} expects {expected}; use a token "
+        f"bank learned for this model (this bank's base model: {bank.base_model or 'unknown'})"
+    )
+
+
 def _read_safetensors_meta(path: Path) -> dict | None:
     from safetensors import safe_open
 
