@@ -260,6 +260,7 @@ def _is_local(model: str) -> bool:
 
 
 def _looks_like_path(model: str) -> bool:
+    # Hub ids have at most one "/" ("org/name"); anything with more, or starting like a path, is a path.
     return model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1) or "\\" in model
 
 
@@ -452,10 +453,16 @@ def _from_pretrained(cls, spec: PipelineSpec, **kwargs):
             revision=None if local else spec.revision,
             **kwargs,
         )
-    except (OSError, EnvironmentError) as e:
+    except Exception as e:  # noqa: BLE001 - diffusers/transformers raise many types for a bad folder
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if local:
-            raise ModelLoadError(f"could not load {spec.model!r} as a diffusers pipeline: {e}") from None
-        raise OfflineError(_offline_message(spec.model, e)) from None
+            raise ModelLoadError(
+                f"could not load {spec.model!r} as a Stable Diffusion pipeline ({first_line}); pass a folder saved "
+                "with pipe.save_pretrained() or downloaded with `hf download`"
+            ) from None
+        if isinstance(e, OSError):
+            raise OfflineError(_offline_message(spec.model, e)) from None
+        raise
 
 
 def _dtype_argument() -> str:

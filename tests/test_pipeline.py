@@ -98,3 +98,12 @@ def test_sdpa_attention_is_used(tiny_spec):
 def test_safety_checker_request_on_a_model_without_one(tiny_model):
     with pytest.raises(SpecError, match="ships no safety checker"):
         load_pipeline(PipelineSpec(model=str(tiny_model), safety_checker=True))
+
+
+def test_broken_model_folder_is_a_clear_error(tiny_model, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ModelLoadError, match="could not load .* as a Stable Diffusion pipeline"):
+        load_pipeline(PipelineSpec(model=str(broken)))
