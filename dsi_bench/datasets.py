@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torchvision.datasets import VisionDataset
 
-from .cache import SampleCache
 from .classes import ClassList, imagenet_classes
 from .errors import SpecError
 from .pipeline import DEFAULT_MODEL, PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import SampleRequest, Synthesizer
-from .tokens import TokenBank, load_tokens
+from .tokens import TokenBank
 
 __all__ = ["SOURCES", "ShiftedImageNet"]
 
@@ -126,13 +125,7 @@ class ShiftedImageNet(VisionDataset):
         if model is None and pipeline is None:
             spec = spec.replace(model=DEFAULT_MODEL)
         check_model(spec.model)
-        bank = None
-        if tokens is not None:
-            bank = load_tokens(tokens, classes=None if class_list is None else list(class_list))
-        if bank is not None:
-            bank.require(self.class_indices)
-        cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
-        self.synthesizer = Synthesizer(spec, bank, self.class_list, cache)
+        self.synthesizer = Synthesizer.open(spec, tokens, self.class_list, self.class_indices, cache_dir)
 
     # ------------------------------------------------------------------ torchvision contract
     @property

@@ -16,14 +16,13 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .cache import SampleCache
 from .classes import ClassList, imagenet_classes
 from .errors import SpecError
 from .files import atomic_write, ensure_writable_dir
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
-from .tokens import TokenBank, load_tokens
+from .tokens import TokenBank
 
 __all__ = ["generate_folder", "run_demo"]
 
@@ -102,11 +101,7 @@ def generate_folder(
     class_list = class_list or imagenet_classes()
     indices = class_list.resolve(classes)
     shift_objs = [get_shift(s) for s in shifts]
-    bank = load_tokens(tokens) if tokens is not None else None
-    if bank is not None:
-        bank.require(indices)
-    cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
-    synth = Synthesizer(spec, bank, class_list, cache)
+    synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
     ext = image_format
     summary = []
     for shift in shift_objs:

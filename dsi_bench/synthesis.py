@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from .cache import SampleCache
 from .classes import ClassList
+from .errors import TokenBankError
 from .pipeline import PipelineSpec, load_pipeline, model_fingerprint, read_component_config
 from .shifts import Shift, get_shift
-from .errors import TokenBankError
-from .tokens import TokenBank, dim_mismatch_message
+from .tokens import TokenBank, dim_mismatch_message, load_tokens
 from .version import __version__
 
 __all__ = ["GeneratedSample", "SampleRequest", "Synthesizer", "make_requests", "sample_key", "sample_seed"]
@@ -113,11 +113,37 @@ class Synthesizer:
         self.cache = cache
         if tokens is not None:
             # Fail before anything is generated, not at the first batch.
-            text = read_component_config(spec.model, spec.revision, "text_encoder")
-            if text is not None and int(text.get("hidden_size", tokens.dim)) != tokens.dim:
-                raise TokenBankError(dim_mismatch_message(tokens, int(text["hidden_size"]), spec.model))
+            width = (read_component_config(spec.model, spec.revision, "text_encoder") or {}).get("hidden_size")
+            if width is not None and int(width) != tokens.dim:
+                raise TokenBankError(dim_mismatch_message(tokens, int(width), spec.model))
         self._fingerprint: str | None = None
         self._gen_size: int | None = spec.gen_size
+
+    @classmethod
+    def open(
+        cls,
+        spec: PipelineSpec,
+        tokens,
+        classes: ClassList,
+        class_indices: Sequence[int],
+        cache_dir=None,
+    ) -> Synthesizer:
+        """A synthesizer from user-level options, checked up front.
+
+        Args:
+            tokens: anything :func:`~dsi_bench.tokens.load_tokens` takes, or ``None`` for class names.
+            class_indices: the classes that will be requested; the bank must cover them.
+            cache_dir: sample cache folder; ``None``/``True`` = the default cache, ``False`` = none.
+
+        Raises:
+            TokenBankError, CacheError: a bank missing a class or too wide/narrow; an unwritable cache.
+        """
+        bank = None
+        if tokens is not None:
+            bank = load_tokens(tokens, classes=list(classes))
+            bank.require(class_indices)
+        cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
+        return cls(spec, bank, classes, cache)
 
     @property
     def model_fingerprint(self) -> str:
