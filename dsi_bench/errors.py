@@ -13,9 +13,12 @@ __all__ = [
     "CacheError",
     "ClassSpecError",
     "DsiBenchError",
+    "MaskError",
     "ModelLoadError",
     "OfflineError",
     "OptionalDependencyError",
+    "ReleaseError",
+    "ShardError",
     "ShiftError",
     "SpecError",
     "TokenBankError",
@@ -57,6 +60,18 @@ class CacheError(DsiBenchError):
 
 class OptionalDependencyError(DsiBenchError, ImportError):
     """An optional extra (timm, ray, matplotlib) is needed and not installed."""
+
+
+class ShardError(DsiBenchError):
+    """A shard folder whose manifest or shards are missing, damaged, or from another plan."""
+
+
+class ReleaseError(DsiBenchError):
+    """An ImageNet* release folder or zip with missing, extra or unreadable files."""
+
+
+class MaskError(DsiBenchError):
+    """A mask file that cannot be read safely or does not fit the samples it filters."""
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import CacheError
 
-__all__ = ["atomic_write", "ensure_writable_dir", "sha256_file"]
+__all__ = ["atomic_write", "canonical_json", "ensure_writable_dir", "sha256_file"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
@@ -22,6 +32,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -61,3 +72,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def canonical_json(obj) -> bytes:
+    """Compact JSON with sorted keys: equal objects give equal bytes (for hashes and shards)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()

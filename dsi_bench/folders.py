@@ -8,7 +8,6 @@ settings, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from .classes import ClassList, imagenet_classes
 from .errors import SpecError
 from .files import atomic_write, ensure_writable_dir
+from .images import encode_image
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
@@ -29,15 +29,6 @@ __all__ = ["generate_folder", "run_demo"]
 logger = logging.getLogger(__name__)
 
 _FORMATS = {"png": "PNG", "jpg": "JPEG"}
-
-
-def _encode(image, image_format: str, quality: int) -> bytes:
-    buf = io.BytesIO()
-    if image_format == "jpg":
-        image.save(buf, format="JPEG", quality=quality)
-    else:
-        image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _read_metadata(path: Path) -> dict[str, dict]:
@@ -123,7 +114,7 @@ def generate_folder(
                 for sample in synth.samples(todo[i : i + spec.batch_size]):
                     r = sample.request
                     rel = f"{r.class_index:04d}/{r.index:02d}.{ext}"
-                    atomic_write(folder / rel, _encode(sample.image, ext, quality))
+                    atomic_write(folder / rel, encode_image(sample.image, ext, quality))
                     row = {
                         **sample.metadata,
                         "file": rel,

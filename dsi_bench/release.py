@@ -1,0 +1,343 @@
+"""The public ImageNet* release: reading it, binding its masks by key, converting it to shards.
+
+Layout (Hub dataset ``madrylab/imagenet-star``): one ``{shift}.zip`` per shift; inside, one
+folder per class named by WordNet id, files ``00.jpg`` ... ``49.jpg`` (512 px JPEG). A root
+may be a folder of those zips, a folder of unpacked shift folders, one shift folder, or one
+shift zip. Sorted WordNet ids are the standard ImageNet-1k class indices.
+
+Every file becomes a sample with our key ``{shift}/{class:04d}/{index:02d}`` (``07.jpg`` of
+class 3 -> ``in_the_snow/0003/07``) and keeps its release key ``in_the_snow/n01443537/07.jpg``
+in the metadata. The expected files are known (50 per class), so files missing from a copy
+are reported by name, and the masks stay bound to the right files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import ShardJob, ShardTask
+from .classes import ClassList
+from .errors import ReleaseError
+from .files import canonical_json
+from .images import IMAGE_EXTENSIONS, decode_image
+from .masks import RELEASE_PER_CLASS, Masks
+
+__all__ = ["ReleaseEntry", "ReleaseSet", "ReleaseJob", "convert_release", "release_shifts"]
+
+logger = logging.getLogger(__name__)
+
+_WNID = re.compile(r"n\d{8}")
+_FILE = re.compile(r"(\d{2})\.jpe?g", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    """One file of the release."""
+
+    key: str  # {shift}/{class:04d}/{index:02d}
+    label: int
+    release_key: str  # {shift}/{wnid}/{file}
+    member: str  # path inside the zip or relative to the shift folder
+    size: int
+
+
+def _skip(name: str) -> bool:
+    parts = name.split("/")
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or name.endswith("/")
+
+
+def release_shifts(root: str | os.PathLike) -> list[str]:
+    """Shift ids present under a release root (zips or folders), sorted."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ReleaseError(f"release root {str(root)!r} does not exist; pass the folder holding the shift zips "
+                           "(e.g. in_the_snow.zip) downloaded from madrylab/imagenet-star")
+    if root.is_file():
+        return [root.stem]
+    found = set()
+    for p in root.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.suffix == ".zip" and p.is_file():
+            found.add(p.stem)
+        elif p.is_dir() and not _WNID.fullmatch(p.name):
+            found.add(p.name)
+    if not found and any(_WNID.fullmatch(p.name) for p in root.iterdir() if p.is_dir()):
+        found.add(root.name)
+    return sorted(found)
+
+
+class ReleaseSet:
+    """One shift of the ImageNet* release, indexed by key.
+
+    Args:
+        root: release root (see the module docs).
+        shift_id: the shift's directory name (``"in_the_snow"``).
+        class_list: the 1000 ImageNet classes with WordNet ids (labels are their indices).
+        classes: class indices expected to be present (default: all 1000).
+        missing: ``"error"`` (default) raises :class:`ReleaseError` listing missing files;
+            ``"skip"`` logs the same list and serves the files that are present.
+
+    Raises:
+        ReleaseError: missing root or shift, unknown class folders, unexpected or missing files.
+    """
+
+    def __init__(self, root, shift_id: str, class_list: ClassList, classes: Sequence[int] | None = None,
+                 missing: str = "error"):
+        if missing not in ("error", "skip"):
+            raise ReleaseError(f"missing={missing!r} must be 'error' or 'skip'")
+        self.shift_id = shift_id
+        self.root = Path(root).expanduser()
+        self._zip_path, self._folder = self._locate()
+        self._local = threading.local()
+        listing = self._list()
+        wnid_to_index = self._wnid_index(class_list, listing)
+        expected = list(range(len(class_list))) if classes is None else list(classes)
+        by_key: dict[str, ReleaseEntry] = {}
+        problems = []
+        for member, size in listing:
+            wnid, fname = member.split("/")[-2:]
+            if wnid not in wnid_to_index:
+                problems.append(f"folder {wnid!r} is not an ImageNet class ({member})")
+                continue
+            m = _FILE.fullmatch(fname)
+            if not m or int(m.group(1)) >= RELEASE_PER_CLASS:
+                kind = "not an image" if Path(fname).suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS else \
+                    f"not one of 00.jpg..{RELEASE_PER_CLASS - 1}.jpg"
+                problems.append(f"unexpected file {member!r} ({kind})")
+                continue
+            c, i = wnid_to_index[wnid], int(m.group(1))
+            key = f"{shift_id}/{c:04d}/{i:02d}"
+            by_key[key] = ReleaseEntry(key, c, f"{shift_id}/{wnid}/{fname}", member, size)
+        if problems:
+            raise ReleaseError(f"{self.where}: {len(problems)} unexpected entr{'y' if len(problems) == 1 else 'ies'}: "
+                               + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+                               + ". Remove them or point root at an unmodified copy of the release")
+        self.class_list = class_list
+        self.entries: list[ReleaseEntry] = []
+        self.missing: dict[int, list[str]] = {}
+        wanted = set(expected)
+        for c in sorted(wanted):
+            for i in range(RELEASE_PER_CLASS):
+                e = by_key.get(f"{shift_id}/{c:04d}/{i:02d}")
+                if e is None:
+                    self.missing.setdefault(c, []).append(f"{i:02d}.jpg")
+                else:
+                    self.entries.append(e)
+        if self.missing:
+            message = self.missing_report()
+            if missing == "error":
+                raise ReleaseError(message + "; pass missing='skip' (--missing skip) to use the files that are there")
+            logger.warning("%s; skipping them (masks stay bound to the right files)", message)
+
+    @property
+    def where(self) -> str:
+        return f"{self.shift_id} in {str(self._zip_path or self._folder)!r}"
+
+    def missing_report(self) -> str:
+        n = sum(len(v) for v in self.missing.values())
+        parts = []
+        for c, files in sorted(self.missing.items())[:5]:
+            info = self.class_list[c]
+            shown = ", ".join(files[:4]) + (f", ... ({len(files)} files)" if len(files) > 4 else "")
+            parts.append(f"class {c} {info.wnid} ({info.name}): {shown}")
+        more = f"; and {len(self.missing) - 5} more classes" if len(self.missing) > 5 else ""
+        return f"{self.where}: {n} file{'s' if n != 1 else ''} missing: " + "; ".join(parts) + more
+
+    # -------------------------------------------------------------- layout
+    def _locate(self) -> tuple[Path | None, Path | None]:
+        root, s = self.root, self.shift_id
+        if not root.exists():
+            raise ReleaseError(f"release root {str(root)!r} does not exist; pass the folder holding the shift zips "
+                               "(e.g. in_the_snow.zip) downloaded from madrylab/imagenet-star")
+        if root.is_file():
+            if not zipfile.is_zipfile(root):
+                raise ReleaseError(f"{str(root)!r} is not a zip file; pass a shift zip or the release folder")
+            return root, None
+        if (root / f"{s}.zip").is_file():
+            return root / f"{s}.zip", None
+        if (root / s).is_dir():
+            inner = root / s / s
+            return None, inner if inner.is_dir() else root / s
+        if root.name == s:
+            return None, root
+        have = release_shifts(root)
+        from .errors import close_matches
+
+        raise ReleaseError(f"shift {s!r} is not in the release at {str(root)!r} "
+                           f"(found: {', '.join(have) or 'nothing'})." + close_matches(s, have))
+
+    def _list(self) -> list[tuple[str, int]]:
+        out = []
+        if self._zip_path is not None:
+            with zipfile.ZipFile(self._zip_path) as z:
+                for info in z.infolist():
+                    if info.is_dir() or _skip(info.filename):
+                        continue
+                    out.append((info.filename, info.file_size))
+        else:
+            for p in sorted(self._folder.rglob("*")):
+                rel = p.relative_to(self._folder).as_posix()
+                if p.is_file() and not _skip(rel):
+                    out.append((rel, p.stat().st_size))
+        bad = [m for m, _ in out if m.count("/") < 1]
+        if bad:
+            raise ReleaseError(f"{self.where}: file {bad[0]!r} is not inside a WordNet-id class folder")
+        return out
+
+    def _wnid_index(self, class_list: ClassList, listing) -> dict[str, int]:
+        index = {c.wnid: c.index for c in class_list if c.wnid}
+        if index:
+            return index
+        folders = sorted({m.split("/")[-2] for m, _ in listing})
+        if len(folders) == len(class_list):
+            return {w: i for i, w in enumerate(folders)}
+        raise ReleaseError(
+            f"{self.where}: the class list has no WordNet ids and the release has {len(folders)} class folders, so "
+            "folders cannot be mapped to ImageNet indices; install timm or set DSI_BENCH_IMAGENET_CLASSES to a class "
+            "table (JSON with index and wnid)"
+        )
+
+    # -------------------------------------------------------------- reading
+    def read(self, entry: ReleaseEntry) -> bytes:
+        if self._zip_path is None:
+            return (self._folder / entry.member).read_bytes()
+        z = getattr(self._local, "zip", None)
+        if z is None or getattr(self._local, "pid", None) != os.getpid():
+            z = self._local.zip = zipfile.ZipFile(self._zip_path)
+            self._local.pid = os.getpid()
+        return z.read(entry.member)
+
+    def load_image(self, entry: ReleaseEntry, draft: int | None = None):
+        try:
+            return decode_image(self.read(entry), draft)
+        except (OSError, KeyError) as e:
+            raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read as an image ({e})") from None
+        except Exception as e:  # noqa: BLE001 - PIL decoder errors
+            raise ReleaseError(f"{self.where}: {entry.member!r} does not decode ({e})") from None
+
+    def metadata(self, entry: ReleaseEntry, masks: Masks | None = None) -> dict:
+        info = self.class_list[entry.label]
+        return {
+            "key": entry.key,
+            "release_key": entry.release_key,
+            "shift": self.shift_id,
+            "class_index": entry.label,
+            "class_name": info.name,
+            "wnid": info.wnid,
+            "index": int(entry.key.rsplit("/", 1)[1]),
+            "source": "imagenet-star",
+            "keep": None if masks is None else masks.get(entry.key),
+            "mask_source": None if masks is None else Path(masks.source).name,
+        }
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_local"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+
+# ---------------------------------------------------------------------- conversion
+class ReleaseJob(ShardJob):
+    """Converts release shifts to shards: original JPEG bytes, masks recorded as ``keep`` in ``.json``."""
+
+    def __init__(self, sets: list[ReleaseSet], masks: Masks | None, masks_sha256: str | None,
+                 samples_per_shard: int):
+        import hashlib
+
+        self.sets = {s.shift_id: s for s in sets}
+        self.masks = masks
+        self.samples_per_shard = samples_per_shard
+        listing = hashlib.sha256()
+        for s in sets:
+            for e in s.entries:
+                listing.update(f"{e.release_key}\0{e.size}\n".encode())
+        self.plan = {
+            "kind": "imagenet-star",
+            "shifts": [{"id": s.shift_id} for s in sets],
+            "classes": sorted({e.label for s in sets for e in s.entries}),
+            "files_sha256": listing.hexdigest(),
+            "missing": {s.shift_id: {str(c): f for c, f in sorted(s.missing.items())} for s in sets if s.missing},
+            "masks_sha256": masks_sha256,
+            "samples_per_shard": samples_per_shard,
+            "image_format": "jpg",
+        }
+
+    def tasks(self) -> list[ShardTask]:
+        out = []
+        for shift_id, s in self.sets.items():
+            n = self.samples_per_shard
+            for k in range(0, len(s.entries), n):
+                out.append(ShardTask(shift_id, k // n, tuple(s.entries[k : k + n])))
+        return out
+
+    def wants_gpu(self) -> bool:
+        return False
+
+    def samples(self, task: ShardTask) -> Iterator[dict]:
+        s = self.sets[task.shift]
+        for e in task.items:
+            yield {
+                "__key__": e.key,
+                "jpg": s.read(e),
+                "cls": str(e.label).encode(),
+                "json": canonical_json(s.metadata(e, self.masks)),
+            }
+
+
+def convert_release(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    shifts: Sequence[str] | None = None,
+    masks: str | os.PathLike | Masks | bool | None = None,
+    class_list: ClassList | None = None,
+    classes=None,
+    missing: str = "error",
+    samples_per_shard: int = 1000,
+    engine: str = "local",
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Turn the ImageNet* release into dsi-bench shards (same layout and manifest as a build).
+
+    Masked-out samples are kept, flagged ``"keep": false`` in their ``.json``, so readers can
+    take either view (``ShiftedImageNet(source="shards", masks=True)`` applies the flags).
+
+    Returns:
+        a :class:`~dsi_bench.build.BuildSummary`.
+    """
+    from .build import run_job
+    from .classes import imagenet_classes
+    from .errors import SpecError
+    from .files import sha256_file
+    from .masks import resolve_masks
+    from .shifts import get_shift
+
+    if not isinstance(samples_per_shard, int) or samples_per_shard <= 0:
+        raise SpecError(f"samples_per_shard={samples_per_shard!r} must be a positive integer")
+    class_list = class_list or imagenet_classes()
+    indices = None if classes is None else class_list.resolve(classes)
+    ids = [get_shift(s).id for s in shifts] if shifts else release_shifts(root)
+    if not ids:
+        raise ReleaseError(f"no shifts found under {str(root)!r}; expected files like in_the_snow.zip")
+    mask_obj = resolve_masks(masks)
+    mask_sha = None
+    if mask_obj is not None:
+        for s in ids:
+            mask_obj.check_shift(s)
+        mask_sha = sha256_file(mask_obj.source) if mask_obj.source and Path(mask_obj.source).is_file() else None
+    sets = [ReleaseSet(root, s, class_list, indices, missing) for s in ids]
+    job = ReleaseJob(sets, mask_obj, mask_sha, samples_per_shard)
+    return run_job(job, out, engine=engine, overwrite=overwrite, progress=progress)
