@@ -325,9 +325,19 @@ def run_job(
     progress: bool = True,
 ) -> BuildSummary:
     """Write a job's shards into ``out`` with one of :data:`ENGINES`, resuming what exists."""
+    import torch
+
     if engine not in ENGINES:
         raise SpecError(f"unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
     out = ensure_writable_dir(out, "output folder")
+    threads = torch.get_num_threads()  # a CPU job pins its plan's thread count; give the caller theirs back
+    try:
+        return _run_job(job, out, engine, devices, address, gpus_per_task, overwrite, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite, progress) -> BuildSummary:
     start = time.perf_counter()
     tasks = job.tasks()
     summary = BuildSummary(str(out), engine, len(tasks))

@@ -19,7 +19,11 @@ __all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (the usage is one ``--help`` away)."""
+    """argparse with one-line errors (the usage is one ``--help`` away) and no abbreviations."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -34,7 +38,17 @@ def _example(text: str) -> str:
 
 
 # ---------------------------------------------------------------------- shared options
-def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+def _add_sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shifts", action="append", help="shift ids or names, comma-separated (e.g. base,in_the_snow)")
+    p.add_argument("--shift", action="append",
+                   help="one shift name, template or phrase; repeat for several (default: base)")
+    p.add_argument("--classes", default="all", help="e.g. 0-9,207 or goldfish (default: all)")
+    p.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
     from .pipeline import DEFAULT_MODEL, SAMPLERS
 
     g = p.add_argument_group("pipeline")
@@ -56,6 +70,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="run the model's safety checker (flagged images come out black)")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    if not cache:
+        return
     g.add_argument("--cache-dir", default=None, help="sample cache (default: ~/.cache/dsi-bench/samples)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the sample cache")
 
@@ -102,7 +118,7 @@ def _cmd_generate(args) -> int:
 
     summary = generate_folder(
         args.out,
-        shifts=args.shift or ["base"],
+        shifts=_split_shifts(args),
         classes=args.classes,
         per_class=args.per_class,
         seed=args.seed,
@@ -137,6 +153,86 @@ def _cmd_tokens(args) -> int:
     if args.diffusers:
         print(f"wrote {len(bank)} diffusers folders under {bank.to_diffusers(args.diffusers)}")
     return 0
+
+
+def _split_shifts(args) -> list[str]:
+    shifts = [s.strip() for text in (args.shifts or []) for s in text.split(",") if s.strip()]
+    return shifts + list(args.shift or []) or ["base"]
+
+
+def _print_manifest_table(summary) -> None:
+    rows = summary.rows()
+    w = max([5] + [len(r["shift"]) for r in rows])
+    print(f"{'shift':{w}s} {'samples':>8s} {'shards':>7s} {'MB':>9s}")
+    for r in rows:
+        print(f"{r['shift']:{w}s} {r['samples']:8d} {r['shards']:7d} {r['bytes'] / 1e6:9.1f}")
+
+
+def _report_build(summary, verb: str) -> int:
+    rate = summary.samples_built / summary.seconds if summary.seconds and summary.samples_built else 0.0
+    print(f"{verb} {summary.shards_built} shards ({summary.samples_built} samples, {rate:.2f}/s), "
+          f"{summary.shards_skipped} already done, in {summary.seconds:.1f} s")
+    if summary.complete:
+        _print_manifest_table(summary)
+        print(f"manifest: {summary.out}/manifest.json")
+    elif summary.world > 1:
+        print(f"rank {summary.rank} of {summary.world} finished its shards; "
+              "the last rank to finish writes the manifest")
+    else:
+        print("the build is incomplete; rerun the same command to finish it")
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from .build import build_shards
+
+    summary = build_shards(
+        args.out,
+        shifts=_split_shifts(args),
+        classes=args.classes,
+        per_class=args.per_class,
+        seed=args.seed,
+        samples_per_shard=args.samples_per_shard,
+        image_format=args.image_format,
+        quality=args.quality,
+        spec=_spec_from_args(args),
+        tokens=None if args.tokens.lower() == "none" else args.tokens,
+        engine=args.engine,
+        devices=[d.strip() for d in args.devices.split(",")] if args.devices else None,
+        address=args.address,
+        gpus_per_task=args.gpus_per_task,
+        cpu_threads=args.cpu_threads,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return _report_build(summary, "built")
+
+
+def _cmd_verify(args) -> int:
+    from .shards import verify_shards
+
+    report = verify_shards(args.dir, decode=not args.no_decode, shifts=_split_shifts(args) if args.shifts else None,
+                           progress=not args.quiet)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_convert(args) -> int:
+    from .release import convert_release
+
+    masks = {"none": None, "release": True}.get((args.masks or "none").lower(), args.masks)
+    summary = convert_release(
+        args.release,
+        args.out,
+        shifts=_split_shifts(args) if (args.shifts or args.shift) else None,
+        masks=masks,
+        classes=args.classes,
+        missing=args.missing,
+        samples_per_shard=args.samples_per_shard,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return _report_build(summary, "converted")
 
 
 def _cmd_demo(args) -> int:
@@ -183,17 +279,78 @@ def build_parser() -> argparse.ArgumentParser:
                 --out shifted/ --device cuda
         """),
     )
-    p.add_argument("--shift", action="append",
-                   help="shift name, template or phrase; repeat for several (default: base)")
-    p.add_argument("--classes", default="all", help="e.g. 0-9,207 or goldfish (default: all)")
-    p.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    _add_sample_options(p)
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format (default: png)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_pipeline_options(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "build",
+        help="generate shifted test sets as WebDataset shards (resumable, distributed)",
+        formatter_class=_formatter,
+        description="Writes OUT/{shift}/{shift}-{k:06d}.tar and OUT/manifest.json. Reruns skip finished shards and "
+        "rebuild damaged ones; the bytes are the same however the build was split or interrupted.",
+        epilog=_example("""
+            dsi-bench build --model ./sd2 --tokens tokens.zip --shifts base,in_the_snow --classes 0-9 \\
+                --per-class 4 --samples-per-shard 8 --format jpg --out shards/ --device cuda
+            torchrun --nproc-per-node 8 -m dsi_bench.cli build --engine torchrun --device cuda ... --out shards/
+            dsi-bench build --engine ray --address auto --device cuda ... --out /shared/shards/
+        """),
+    )
+    _add_sample_options(p)
+    p.add_argument("--out", required=True, help="output shard folder")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (default: 1000)")
+    p.add_argument("--image-format", "--format", dest="image_format", choices=("jpg", "png"), default="jpg",
+                   help="jpg (quality recorded) or png (lossless) (default: jpg)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
+    p.add_argument("--engine", choices=("local", "torchrun", "ray"), default="local",
+                   help="local (this process, or one per --devices entry), torchrun/SLURM ranks, or Ray tasks")
+    p.add_argument("--devices", default=None, help="comma-separated devices: local = one worker each "
+                   "(cuda:0,cuda:1); torchrun = indexed by LOCAL_RANK")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster)")
+    p.add_argument("--gpus-per-task", type=float, default=None, help="Ray num_gpus per shard (default: 1 on cuda)")
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads on CPU, part of the plan (default: as recorded, else this process's)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild a folder that holds another plan")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_pipeline_options(p, cache=False)
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
+        "verify",
+        help="check shards against their manifest (exit 1 if anything is wrong)",
+        formatter_class=_formatter,
+        epilog=_example("dsi-bench verify shards/"),
+    )
+    p.add_argument("dir", help="shard folder (or fsspec URL) with manifest.json")
+    p.add_argument("--shifts", action="append", help="only these shifts (comma-separated)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding every image (hashes and counts only)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_verify, shift=None)
+
+    p = sub.add_parser(
+        "convert",
+        help="turn the ImageNet* release into dsi-bench shards",
+        formatter_class=_formatter,
+        description="Reads RELEASE (a folder of {shift}.zip or shift folders, or one zip) and writes shards whose "
+        "samples keep the original JPEG bytes; with --masks, each sample's .json records keep: true/false.",
+        epilog=_example("dsi-bench convert imagenet-star/ --out star-shards/ --masks masks.npy"),
+    )
+    p.add_argument("release", help="release folder or shift zip")
+    p.add_argument("--out", required=True, help="output shard folder")
+    p.add_argument("--shifts", action="append", help="shift ids, comma-separated (default: every shift found)")
+    p.add_argument("--classes", default=None, help="only these classes (default: all 1000)")
+    p.add_argument("--masks", default=None,
+                   help="masks.npy / .npz path, 'release' to fetch the code release's, or none (default)")
+    p.add_argument("--missing", choices=("error", "skip"), default="error",
+                   help="files missing from the release: stop (default) or convert the rest")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (default: 1000)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild a folder that holds another conversion")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_convert, shift=None)
 
     p = sub.add_parser(
         "tokens",

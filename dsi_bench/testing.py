@@ -9,13 +9,17 @@ Weights are random: the images are noise-like, but every code path is the real o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
     "SD2_SCHEDULER_CONFIG",
+    "fake_imagenet_classes",
+    "make_fake_release",
     "TINY_CROSS_ATTENTION_DIM",
     "build_tiny_tokenizer",
     "save_tiny_pipeline",
@@ -207,3 +211,50 @@ def save_tiny_tokens(
     emb = emb / emb.norm(dim=1, keepdim=True) * 0.4
     bank = TokenBank.from_embeddings(emb, classes, base_model=base_model)
     return bank.save(path)
+
+
+def make_fake_release(
+    root: str | os.PathLike,
+    shifts: Sequence[str] = ("base",),
+    wnids: Sequence[str] = ("n01440764", "n01443537", "n01484850"),
+    per_class: int = 50,
+    size: int = 64,
+    as_zip: bool = True,
+) -> Path:
+    """A folder laid out like the ImageNet* release: ``{shift}.zip`` (or folders) of
+    ``{wnid}/{NN}.jpg``, small random JPEGs (deterministic)."""
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for shift in shifts:
+        files = {}
+        for wnid in wnids:
+            for i in range(per_class):
+                buf = io.BytesIO()
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+                files[f"{shift}/{wnid}/{i:02d}.jpg"] = buf.getvalue()
+        if as_zip:
+            with zipfile.ZipFile(root / f"{shift}.zip", "w", zipfile.ZIP_STORED) as z:
+                for name, data in files.items():
+                    z.writestr(name, data)
+        else:
+            for name, data in files.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(data)
+    return root
+
+
+def fake_imagenet_classes(wnids: Sequence[str] = ("n01440764", "n01443537", "n01484850")):
+    """A 1000-class list whose first classes carry the given WordNet ids (the rest get
+    sortable fake ids), so release folders map to indices without timm or a class table."""
+    from .classes import ClassList, imagenet_classes
+
+    names = imagenet_classes().names
+    ids = list(wnids) + [f"n9{i:07d}" for i in range(len(wnids), len(names))]
+    return ClassList.from_names(names, ids=ids, name="imagenet")
