@@ -14,7 +14,7 @@ import io
 
 from .errors import SpecError
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_image", "draft_size", "encode_image"]
+__all__ = ["IMAGE_EXTENSIONS", "decode_error", "decode_image", "draft_size", "encode_image"]
 
 #: File extensions read as images, with their PIL format names.
 IMAGE_EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -50,6 +50,15 @@ def decode_image(data: bytes, draft: int | None = None):
         image.draft("RGB", (draft, draft))
     image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_error(e: Exception) -> str:
+    """A short description of a decoding failure (without PIL's object reprs)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not a recognised image format"
+    return str(e) or type(e).__name__
 
 
 def draft_size(transform) -> int | None:

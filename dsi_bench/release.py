@@ -26,7 +26,7 @@ from .build import ShardJob, ShardTask
 from .classes import ClassList
 from .errors import ReleaseError
 from .files import canonical_json
-from .images import IMAGE_EXTENSIONS, decode_image
+from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 from .masks import RELEASE_PER_CLASS, Masks
 
 __all__ = ["ReleaseEntry", "ReleaseSet", "ReleaseJob", "convert_release", "release_shifts"]
@@ -217,11 +217,14 @@ class ReleaseSet:
 
     def load_image(self, entry: ReleaseEntry, draft: int | None = None):
         try:
-            return decode_image(self.read(entry), draft)
-        except (OSError, KeyError) as e:
-            raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read as an image ({e})") from None
+            data = self.read(entry)
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read ({e}); check the copy") from None
+        try:
+            return decode_image(data, draft)
         except Exception as e:  # noqa: BLE001 - PIL decoder errors
-            raise ReleaseError(f"{self.where}: {entry.member!r} does not decode ({e})") from None
+            raise ReleaseError(f"{self.where}: {entry.member!r} does not decode ({decode_error(e)}); "
+                               "replace it with the release's file") from None
 
     def metadata(self, entry: ReleaseEntry, masks: Masks | None = None) -> dict:
         info = self.class_list[entry.label]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import ShardError
-from .images import IMAGE_EXTENSIONS, decode_image
+from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 
 __all__ = [
     "MANIFEST",
@@ -314,7 +314,8 @@ class ShardSet:
         try:
             return decode_image(data, draft)
         except Exception as e:  # noqa: BLE001 - PIL raises many types
-            raise ShardError(f"shard {entry.shard}: image of {entry.key!r} does not decode ({e}); rebuild it") from None
+            raise ShardError(f"shard {entry.shard}: image of {entry.key!r} does not decode ({decode_error(e)}); "
+                             "rebuild it") from None
 
     def load_metadata(self, entry: SampleEntry) -> dict:
         if not entry.json_size:
@@ -416,7 +417,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 try:
                     image = decode_image(member[1], self.draft)
                 except Exception as e:  # noqa: BLE001
-                    raise ShardError(f"shard {record['path']}: image of {key!r} does not decode ({e})") from None
+                    raise ShardError(f"shard {record['path']}: image of {key!r} does not decode "
+                                     f"({decode_error(e)})") from None
                 if self.transform is not None:
                     image = self.transform(image)
                 if self.target_transform is not None:
@@ -478,7 +480,7 @@ def _verify_one(shards: ShardSet, record: dict, decode: bool) -> tuple[str | Non
                 try:
                     decode_image(member[1])
                 except Exception as e:  # noqa: BLE001
-                    return f"image of {sample['__key__']!r} does not decode ({e})", n
+                    return f"image of {sample['__key__']!r} does not decode ({decode_error(e)})", n
     except ShardError as e:
         return str(e), n
     if n != record["samples"]:

@@ -126,8 +126,6 @@ def test_verify_names_a_flipped_byte_and_a_truncated_shard(reference, tmp_path):
 
 def test_verify_decodes_images(reference, tmp_path):
     """A shard whose record matches but whose image is not an image (a rebuilt manifest) is caught."""
-    import io
-
     from dsi_bench.build import ShardJob, ShardTask, run_job
 
     class BadJob(ShardJob):
@@ -143,7 +141,6 @@ def test_verify_decodes_images(reference, tmp_path):
     report = verify_shards(tmp_path / "bad")
     assert "does not decode" in report.problems["base/base-000000.tar"]
     assert verify_shards(tmp_path / "bad", decode=False).ok
-    del io
 
 
 def test_bad_arguments(tiny_spec, tiny_tokens, tmp_path):
