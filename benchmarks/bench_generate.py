@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,30 +27,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from common import hardware, write_result  # noqa: E402
+
 
 def _sync(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def _hardware(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cpu_count": __import__("os").cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    import diffusers
-
-    info["diffusers"] = diffusers.__version__
-    return info
 
 
 def unet_flops_per_sample(pipe, size: int) -> int:
@@ -183,7 +166,6 @@ def main(argv=None) -> dict:
     ref = rows[0]["images_per_s"]
     result = {
         "benchmark": "generate",
-        "date": time.strftime("%Y-%m-%d"),
         "model": args.model,
         "device": args.device,
         "dtype": str(base.torch_dtype).replace("torch.", ""),
@@ -191,14 +173,11 @@ def main(argv=None) -> dict:
         "out_size": base.out_size,
         "guidance_scale": base.guidance_scale,
         "unet_gflops_per_sample_forward": round(flops / 1e9, 2),
-        "hardware": _hardware(args.device),
+        "hardware": hardware(args.device),
         "rows": rows,
         "speedup_vs_reference": {r["name"]: round(r["images_per_s"] / ref, 2) for r in rows[1:]},
     }
-    out = Path(args.out or HERE / "results" / f"generate_{args.device.split(':')[0]}_{Path(args.model).name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out, f"generate_{args.device.split(':')[0]}_{Path(args.model).name}.json")
     return result
 
 

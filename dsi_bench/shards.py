@@ -290,10 +290,17 @@ class ShardSet:
             raise ShardError(f"shard {rel} is {size} bytes but the manifest says {record['bytes']} (truncated, "
                              "damaged or from another build); run `dsi-bench verify` and rebuild it")
 
-    def read_member(self, shard: str, offset: int, size: int, name: str | None = None) -> bytes:
-        """Bytes of one member; with ``name``, its tar header is checked first (catches swapped shards)."""
+    def read_member(self, shard: str, offset: int, size: int, name: str | None = None, f=None) -> bytes:
+        """Bytes of one member; with ``name``, its tar header is checked first (catches swapped shards).
+
+        ``f``: an open handle on the shard to read from (sequential readers reuse one).
+        """
         start = offset - 512 if name is not None else offset
-        with self.root.open(shard) as f:
+        if f is None:
+            with self.root.open(shard) as g:
+                g.seek(start)
+                blob = g.read(size + (offset - start))
+        else:
             f.seek(start)
             blob = f.read(size + (offset - start))
         if name is not None:
@@ -394,42 +401,40 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         pos, n = _worker_slice() if self.split else (0, 1)
         self.counts = counts = {"read": 0, "yielded": 0, "masked": 0}
-        for record in self.records[pos::n]:
-            got = 0
-            for sample in self.shards.iter_shard(record):
-                got += 1
-                counts["read"] += 1
-                key = sample["__key__"]
-                try:
-                    label = int(sample["cls"].decode().strip())
-                    meta_keep = json.loads(sample["json"]).get("keep") if "json" in sample else None
-                except (KeyError, ValueError, UnicodeDecodeError) as e:
-                    raise ShardError(f"shard {record['path']}: sample {key!r} has no readable label ({e})") from None
-                verdict = True if self.select is None else self.select(key, label, meta_keep)
-                if verdict is None:
-                    continue  # not part of this dataset (another class, or beyond per_class)
-                if not verdict:
-                    counts["masked"] += 1
-                    continue
-                member = _image_member(sample)
-                if member is None:
-                    raise ShardError(f"shard {record['path']}: sample {key!r} has no image")
-                try:
-                    image = decode_image(member[1], self.draft)
-                except Exception as e:  # noqa: BLE001
-                    raise ShardError(f"shard {record['path']}: image of {key!r} does not decode "
-                                     f"({decode_error(e)})") from None
-                if self.transform is not None:
-                    image = self.transform(image)
-                if self.target_transform is not None:
-                    label = self.target_transform(label)
-                counts["yielded"] += 1
-                yield (image, label, key) if self.return_key else (image, label)
-            if got != record["samples"]:
-                raise ShardError(f"shard {record['path']} yielded {got} samples but the manifest says "
+        mine = self.records[pos::n]
+        for record in mine:
+            # The shard's index (cached after the first read) gives labels, mask flags and offsets, so
+            # only the chosen images are read, in file order, through one handle.
+            self.shards._check_size(record)
+            entries = _cached_index(self.shards.root, record)
+            if len(entries) != record["samples"]:
+                raise ShardError(f"shard {record['path']} holds {len(entries)} samples but the manifest says "
                                  f"{record['samples']}; it is truncated or damaged: run `dsi-bench verify`")
+            with self.shards.root.open(record["path"]) as f:
+                for e in entries:
+                    counts["read"] += 1
+                    verdict = True if self.select is None else self.select(e.key, e.label, e.keep)
+                    if verdict is None:
+                        continue  # not part of this dataset (another class, or beyond per_class)
+                    if not verdict:
+                        counts["masked"] += 1
+                        continue
+                    data = self.shards.read_member(e.shard, e.image_offset, e.image_size,
+                                                   f"{e.key}.{e.image_ext}", f=f)
+                    try:
+                        image = decode_image(data, self.draft)
+                    except Exception as exc:  # noqa: BLE001
+                        raise ShardError(f"shard {record['path']}: image of {e.key!r} does not decode "
+                                         f"({decode_error(exc)})") from None
+                    label = e.label
+                    if self.transform is not None:
+                        image = self.transform(image)
+                    if self.target_transform is not None:
+                        label = self.target_transform(label)
+                    counts["yielded"] += 1
+                    yield (image, label, e.key) if self.return_key else (image, label)
         logger.info("%s: read %d samples from %d shards, yielded %d, masked out %d", self.shift_id,
-                    counts["read"], len(self.records[pos::n]), counts["yielded"], counts["masked"])
+                    counts["read"], len(mine), counts["yielded"], counts["masked"])
 
 
 # ---------------------------------------------------------------------- verification
