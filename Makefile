@@ -11,7 +11,7 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, so pip takes the locally cached build instead of resolving it through diffusers
 	$(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,6 +25,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_loader.py
 
 clean:
 	rm -rf $(VENV) demo_out

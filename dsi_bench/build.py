@@ -442,7 +442,7 @@ class SynthesisJob(ShardJob):
     """
 
     def __init__(self, *, shifts, class_indices, per_class, seed, samples_per_shard, image_format, quality,
-                 spec, tokens, class_list, cpu_threads, synthesizer):
+                 spec, tokens, class_list, cpu_threads, synthesizer, cache_dir=None):
         self.shifts = list(shifts)
         self.class_indices = list(class_indices)
         self.per_class = per_class
@@ -454,6 +454,7 @@ class SynthesisJob(ShardJob):
         self.tokens = tokens
         self.class_list = class_list
         self.cpu_threads = cpu_threads
+        self.cache_dir = cache_dir
         self._synth = synthesizer
         self.plan = self._make_plan()
 
@@ -513,7 +514,10 @@ class SynthesisJob(ShardJob):
         if self.cpu_threads is not None and self.spec.device_type == "cpu":
             torch.set_num_threads(self.cpu_threads)
         if self._synth is None:
-            self._synth = Synthesizer(self.spec, self.tokens, self.class_list, None)
+            from .cache import SampleCache
+
+            cache = SampleCache(self.cache_dir) if self.cache_dir is not None else None
+            self._synth = Synthesizer(self.spec, self.tokens, self.class_list, cache)
 
     def samples(self, task: ShardTask) -> Iterator[dict]:
         from .images import encode_image
@@ -521,7 +525,7 @@ class SynthesisJob(ShardJob):
         b = self.spec.batch_size
         requests = list(task.items)
         for start in range(0, len(requests), b):
-            for sample in self._synth.generate(requests[start : start + b]):
+            for sample in self._synth.samples(requests[start : start + b]):
                 meta = dict(sample.metadata)
                 meta["image_format"] = self.image_format
                 meta["quality"] = self.quality if self.image_format == "jpg" else None
@@ -560,6 +564,7 @@ def build_shards(
     address: str | None = None,
     gpus_per_task: float | None = None,
     cpu_threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
@@ -578,6 +583,9 @@ def build_shards(
         gpus_per_task: Ray ``num_gpus`` per shard task (default 1 on CUDA, else 0).
         cpu_threads: torch threads on CPU, part of the plan (default: the value recorded by an
             earlier run of this folder, else this process's).
+        cache_dir: serve samples already in this sample cache (e.g. from ``generate``) instead of
+            generating them again; off by default, because on CPU a cached sample may have been
+            made with another thread count than the plan's (its last bits can differ).
         overwrite: rebuild a folder that holds another plan instead of refusing.
         progress: show a progress bar (samples/s, ETA).
 
@@ -611,14 +619,14 @@ def build_shards(
     shift_objs = [get_shift(s) for s in shifts]
     if len({s.id for s in shift_objs}) != len(shift_objs):
         raise SpecError(f"shifts {[s.id for s in shift_objs]} name the same shift twice")
-    synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir=False)
+    synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir=cache_dir if cache_dir else False)
     if spec.device_type == "cpu" and cpu_threads is None:
         cpu_threads = _recorded_threads(Path(out)) or torch.get_num_threads()
     job = SynthesisJob(
         shifts=shift_objs, class_indices=indices, per_class=per_class, seed=seed,
         samples_per_shard=samples_per_shard, image_format=image_format, quality=quality, spec=spec,
         tokens=synth.tokens, class_list=class_list, cpu_threads=cpu_threads if spec.device_type == "cpu" else None,
-        synthesizer=synth,
+        synthesizer=synth, cache_dir=str(synth.cache.root) if synth.cache is not None else None,
     )
     return run_job(job, out, engine=engine, devices=devices, address=address, gpus_per_task=gpus_per_task,
                    overwrite=overwrite, progress=progress)

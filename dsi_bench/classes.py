@@ -49,6 +49,11 @@ class ClassList(Sequence[ClassInfo]):
         for i, c in enumerate(self._classes):
             if c.index != i:
                 raise ClassSpecError(f"class list {name!r}: entry {i} has index {c.index}; indices must be 0..N-1")
+        seen: dict[str, int] = {}
+        for c in self._classes:
+            if c.wnid is not None and seen.setdefault(c.wnid, c.index) != c.index:
+                raise ClassSpecError(f"class list {name!r}: id {c.wnid!r} is given to classes {seen[c.wnid]} and "
+                                     f"{c.index}; every class needs its own id")
 
     # Sequence protocol
     def __len__(self) -> int:

@@ -202,6 +202,7 @@ def _cmd_build(args) -> int:
         address=args.address,
         gpus_per_task=args.gpus_per_task,
         cpu_threads=args.cpu_threads,
+        cache_dir=args.cache_dir,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -236,9 +237,13 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .folders import run_demo
+    from .folders import run_demo, run_demo_shards
 
     _print_table(run_demo(args.out, progress=not args.quiet))
+    summary, report = run_demo_shards(args.out, progress=not args.quiet)
+    print(f"\nThe same samples as WebDataset shards ({summary.out}):")
+    _print_manifest_table(summary)
+    print(report)
     print("\nThese images come from a tiny pipeline with RANDOM weights (no model can be downloaded here):")
     print("they exercise every code path, not the method. Use --model/--tokens with real ones for real images.")
     return 0
@@ -315,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads on CPU, part of the plan (default: as recorded, else this process's)")
     p.add_argument("--overwrite", action="store_true", help="rebuild a folder that holds another plan")
+    p.add_argument("--cache-dir", default=None,
+                   help="serve samples already in this sample cache, e.g. from generate (default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_pipeline_options(p, cache=False)
     p.set_defaults(func=_cmd_build)

@@ -24,7 +24,7 @@ from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
 from .tokens import TokenBank
 
-__all__ = ["generate_folder", "run_demo"]
+__all__ = ["generate_folder", "run_demo", "run_demo_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,13 +155,19 @@ def run_demo(out: str | os.PathLike = "demo_out", *, progress: bool = True) -> l
     if not tokens.is_file():
         save_tiny_tokens(tokens)
     spec = PipelineSpec(model=str(model), steps=10, out_size=None, batch_size=8)
-    return generate_folder(
-        out / "images",
-        shifts=DEMO_SHIFTS,
-        classes="0-3,207",
-        per_class=4,
-        spec=spec,
-        tokens=tokens,
-        cache_dir=out / "cache",
-        progress=progress,
-    )
+    plan = dict(shifts=DEMO_SHIFTS, classes="0-3,207", per_class=4, spec=spec, tokens=tokens, cache_dir=out / "cache",
+                progress=progress)
+    return generate_folder(out / "images", **plan)
+
+
+def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = True):
+    """The demo's samples as verified WebDataset shards (served from the demo's sample cache)."""
+    from .build import build_shards
+    from .shards import verify_shards
+
+    out = Path(out)
+    spec = PipelineSpec(model=str(out / "tiny-sd"), steps=10, out_size=None, batch_size=8)
+    summary = build_shards(out / "shards", shifts=DEMO_SHIFTS, classes="0-3,207", per_class=4, spec=spec,
+                           tokens=out / "tiny-tokens.safetensors", cache_dir=out / "cache", image_format="png",
+                           samples_per_shard=10, progress=progress)
+    return summary, verify_shards(out / "shards")

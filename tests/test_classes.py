@@ -58,3 +58,11 @@ def test_custom_class_lists(tmp_path):
         ClassList.from_names(["a", "b"], ids=["x"])
     with pytest.raises(ClassSpecError, match="does not exist"):
         ClassList.from_file(tmp_path / "missing.txt")
+
+
+def test_duplicate_ids_are_rejected():
+    from dsi_bench.classes import ClassList
+    from dsi_bench.errors import ClassSpecError
+
+    with pytest.raises(ClassSpecError, match="id 'n1' is given to classes 0 and 2"):
+        ClassList.from_names(["a", "b", "c"], ids=["n1", "n2", "n1"])

@@ -19,7 +19,7 @@ def test_shifts_command(capsys):
 def test_every_command_help_shows_an_example():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) >= {"shifts", "generate", "tokens", "demo"}
+    assert set(sub.choices) >= {"shifts", "generate", "tokens", "demo", "build", "verify", "convert"}
     for name, p in sub.choices.items():
         assert "example:" in p.format_help() and f"dsi-bench {name}" in p.format_help(), name
 
@@ -74,6 +74,13 @@ def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
     (["generate", "--per-class", "0", "--out", "{tmp}"], "per_class=0"),
     (["generate", "--tokens", "missing.zip", "--out", "{tmp}"], "does not exist"),
     (["generate", "--sampler", "dpm", "--out", "{tmp}"], "invalid choice"),
+    (["build", "--shifts", "base,in the snwo", "--tokens", "none", "--out", "{tmp}"], "Did you mean 'in_the_snow'"),
+    (["build", "--samples-per-shard", "0", "--tokens", "none", "--out", "{tmp}"], "samples_per_shard=0"),
+    (["verify", "{tmp}/nowhere"], "does not exist"),
+    (["verify", "{tmp}"], "no manifest.json"),
+    (["convert", "{tmp}/nowhere", "--out", "{tmp}/o"], "does not exist"),
+    (["convert", "{tmp}", "--out", "{tmp}/o"], "no shifts found"),
+    (["convert", "{tmp}", "--shifts", "base", "--out", "{tmp}/o", "--masks", "{tmp}/m.npy"], "mask file"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, message, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -149,3 +156,59 @@ def test_generation_benchmark_runs(tmp_path):
     assert json.loads(out.read_text())["rows"] == result["rows"]
     assert [r["batch_size"] for r in result["rows"]] == [1, 1, 2, 2]
     assert result["unet_gflops_per_sample_forward"] > 0
+
+
+def test_build_verify_convert_commands(tiny_model, tiny_tokens, tmp_path, capsys):
+    import numpy as np
+
+    from dsi_bench.testing import make_fake_release
+
+    out = tmp_path / "shards"
+    assert main(["build", "--model", str(tiny_model), "--tokens", str(tiny_tokens), "--shifts", "base,in_the_snow",
+                 "--classes", "0-1", "--per-class", "2", "--samples-per-shard", "3", "--image-format", "png",
+                 "--steps", "2", "--batch-size", "4", "--out-size", "0", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "built 4 shards (8 samples" in text and "in_the_snow" in text and "manifest:" in text
+    assert main(["verify", str(out), "-q"]) == 0
+    assert "all 4 shards (8 samples) match" in capsys.readouterr().out
+    shard = out / "base" / "base-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-700])
+    assert main(["verify", str(out), "-q"]) == 1
+    assert "base/base-000001.tar" in capsys.readouterr().out
+
+    release = make_fake_release(tmp_path / "release", shifts=("base",), wnids=("n01440764", "n01443537"), size=32)
+    table = tmp_path / "classes.json"
+    table.write_text(json.dumps([{"index": i, "wnid": f"n09{i:06d}" if i > 1 else ("n01440764", "n01443537")[i],
+                                  "common_name": f"class {i}"} for i in range(1000)]))
+    masks = tmp_path / "masks.npz"
+    np.savez(masks, base=np.arange(50_000) % 2 == 0)
+    import os
+
+    os.environ["DSI_BENCH_IMAGENET_CLASSES"] = str(table)
+    try:
+        assert main(["convert", str(release), "--out", str(tmp_path / "star"), "--masks", str(masks),
+                     "--classes", "0-1", "--samples-per-shard", "40", "-q"]) == 0
+    finally:
+        del os.environ["DSI_BENCH_IMAGENET_CLASSES"]
+    text = capsys.readouterr().out
+    assert "converted 3 shards (100 samples" in text
+    from dsi_bench.datasets import ShiftedImageNet
+
+    kept = ShiftedImageNet("base", source="shards", root=tmp_path / "star", masks=True)
+    assert len(kept) == 50 and kept.masked_out == 50
+
+
+def test_loader_benchmark_runs(tmp_path):
+    """The loader benchmark stays runnable (50 images, one pass; not a timing)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--work", str(tmp_path),
+                         "--out", str(tmp_path / "r.json")])
+    names = [r["name"] for r in result["rows"]]
+    assert names[0] == "bare loop" and "shards, stream" in names
+    assert len({r["images"] for r in result["rows"]}) == 1  # every reader saw the same kept samples
