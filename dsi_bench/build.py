@@ -270,16 +270,22 @@ class BuildSummary:
         return [{"shift": s, **v} for s, v in self.manifest["shifts"].items()]
 
 
-def _run_tasks(job: ShardJob, out: Path, tasks: Sequence[ShardTask], progress: bool, desc: str,
-               summary: BuildSummary) -> None:
-    from tqdm.auto import tqdm
-
+def _pending(job: ShardJob, out: Path, tasks: Sequence[ShardTask], summary: BuildSummary) -> list[ShardTask]:
+    """The tasks whose shard is not complete on disk; the others are counted as skipped."""
     todo = []
     for task in tasks:
         if _done_record(job, out, task) is not None:
             summary.shards_skipped += 1
         else:
             todo.append(task)
+    return todo
+
+
+def _run_tasks(job: ShardJob, out: Path, tasks: Sequence[ShardTask], progress: bool, desc: str,
+               summary: BuildSummary) -> None:
+    from tqdm.auto import tqdm
+
+    todo = _pending(job, out, tasks, summary)
     if not todo:
         return
     job.prepare()
@@ -401,12 +407,7 @@ def _run_ray(job, out: Path, tasks, address, gpus_per_task, progress, summary: B
         raise OptionalDependencyError("engine 'ray' needs Ray: pip install 'dsi-bench[ray]'") from None
     from tqdm.auto import tqdm
 
-    todo = []
-    for task in tasks:
-        if _done_record(job, out, task) is not None:
-            summary.shards_skipped += 1
-        else:
-            todo.append(task)
+    todo = _pending(job, out, tasks, summary)
     if not todo:
         return
     if not ray.is_initialized():
