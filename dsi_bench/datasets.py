@@ -252,14 +252,26 @@ class ShiftedImageNet(VisionDataset):
         """The selected samples' locations (prebuilt sources; built lazily, indexes cached)."""
         if self._entries is None:
             raw = self._store.entries(self.shift.id) if self.source == "shards" else self._store.entries
-            chosen, masked = [], 0
+            chosen, masked, present, available = [], 0, set(), set()
             for e in raw:
+                available.add(e.label)
                 flag = getattr(e, "keep", None)
                 verdict = self._select(e.key, e.label, flag)
+                if verdict is not None:
+                    present.add(e.label)
                 if verdict:
                     chosen.append(e)
                 elif verdict is False:
                     masked += 1
+            absent = [c for c in self.class_indices or () if c not in present]
+            if absent:
+                from .errors import ClassSpecError
+
+                names = ", ".join(f"{c} ({self.class_list[c].name})" for c in absent[:5])
+                raise ClassSpecError(f"{len(absent)} requested class{'es have' if len(absent) > 1 else ' has'} no "
+                                     f"samples in {str(self.root)!r} for shift {self.shift.id!r}: {names}"
+                                     f"{', ...' if len(absent) > 5 else ''}; it holds classes "
+                                     f"{_range_summary(sorted(available))}")
             self._entries, self.masked_out = chosen, masked
             if self.class_indices is None:
                 self.class_indices = sorted({e.label for e in chosen})

@@ -117,6 +117,13 @@ class _Root:
         with self.open(rel) as f:
             return f.read()
 
+    def stamp(self, rel: str) -> str:
+        """What identifies this copy of a file cheaply: size (and mtime for local files)."""
+        if self.local is not None:
+            st = (self.local / rel).stat()
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        return str(self.size(rel))
+
 
 def _read_manifest(root: _Root) -> dict:
     if not root.exists():
@@ -187,13 +194,20 @@ _MEMO_LOCK = threading.Lock()
 
 
 def _cached_index(root: _Root, record: dict) -> list[SampleEntry]:
-    """A shard's index: from memory, else the on-disk cache (keyed by sha256), else a scan."""
+    """A shard's index: from memory, else the on-disk cache, else a scan.
+
+    Cached under the manifest's sha256 *and* the file's size (and, for local files, mtime), so
+    an index scanned from a damaged copy is never reused for the rebuilt shard.
+    """
+    import hashlib
+
     digest = record["sha256"]
-    memo_key = f"{root.url}|{record['path']}|{digest}"
+    stamp = hashlib.sha256(root.stamp(record["path"]).encode()).hexdigest()[:16]
+    memo_key = f"{root.url}|{record['path']}|{digest}|{stamp}"
     with _MEMO_LOCK:
         if memo_key in _MEMO:
             return _MEMO[memo_key]
-    path = _index_dir() / digest[:2] / f"{digest}.json"
+    path = _index_dir() / digest[:2] / f"{digest}-{stamp}.json"
     entries = None
     if path.is_file():
         try:
@@ -272,13 +286,27 @@ class ShardSet:
         """Every sample of a shift, in shard order (indexes built or loaded as needed)."""
         out: list[SampleEntry] = []
         for record in self.shards(shift_id):
-            self._check_size(record)
-            entries = _cached_index(self.root, record)
-            if len(entries) != record["samples"]:
-                raise ShardError(f"shard {record['path']} holds {len(entries)} samples but the manifest says "
-                                 f"{record['samples']}; run `dsi-bench verify` and rebuild it")
-            out.extend(entries)
+            out.extend(self.index(record))
         return out
+
+    def index(self, record: dict) -> list[SampleEntry]:
+        """One shard's samples, checked against its manifest record (size, count, first and last key).
+
+        Raises:
+            ShardError: the shard is missing, truncated, or not the shard the manifest lists.
+        """
+        self._check_size(record)
+        entries = _cached_index(self.root, record)
+        rel = record["path"]
+        if len(entries) != record["samples"]:
+            raise ShardError(f"shard {rel} holds {len(entries)} samples but the manifest says "
+                             f"{record['samples']}; run `dsi-bench verify` and rebuild it")
+        ends = (entries[0].key, entries[-1].key) if entries else (None, None)
+        if "first_key" in record and ends != (record["first_key"], record["last_key"]):
+            raise ShardError(f"shard {rel} holds samples {ends[0]}..{ends[1]} but the manifest lists "
+                             f"{record['first_key']}..{record['last_key']}: it was replaced by another shard; "
+                             "run `dsi-bench verify` and rebuild it")
+        return entries
 
     def _check_size(self, record: dict) -> None:
         rel = record["path"]
@@ -405,11 +433,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         for record in mine:
             # The shard's index (cached after the first read) gives labels, mask flags and offsets, so
             # only the chosen images are read, in file order, through one handle.
-            self.shards._check_size(record)
-            entries = _cached_index(self.shards.root, record)
-            if len(entries) != record["samples"]:
-                raise ShardError(f"shard {record['path']} holds {len(entries)} samples but the manifest says "
-                                 f"{record['samples']}; it is truncated or damaged: run `dsi-bench verify`")
+            entries = self.shards.index(record)
             with self.shards.root.open(record["path"]) as f:
                 for e in entries:
                     counts["read"] += 1

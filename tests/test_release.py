@@ -78,6 +78,13 @@ def test_masks_bound_by_key_and_a_deleted_file_is_named(release, classes, masks_
     assert np.array_equal(np.asarray(skipped[i][0]), np.asarray(ds[ds.keys.index("base/0001/09")][0]))
 
 
+def test_fetching_masks_offline_names_the_local_option(release, classes):
+    from dsi_bench.errors import OfflineError
+
+    with pytest.raises(OfflineError, match="pass masks=PATH"):
+        ShiftedImageNet("base", source="imagenet-star", root=release, classes="0-2", class_list=classes, masks=True)
+
+
 def test_release_bad_input(release, classes, tmp_path):
     with pytest.raises(ReleaseError, match="does not exist"):
         ShiftedImageNet("base", source="imagenet-star", root=tmp_path / "nope", class_list=classes)

@@ -55,6 +55,15 @@ def test_selection_by_class_and_per_class(built):
     assert ds.targets == [1, 1, 207, 207]
 
 
+def test_requested_classes_must_be_in_the_shards(built):
+    from dsi_bench.errors import ClassSpecError
+
+    out, _ = built
+    with pytest.raises(ClassSpecError, match=r"1 requested class has no samples .*: 5 \(electric ray\); it holds "
+                                             r"classes 0-2,207"):
+        len(ShiftedImageNet("base", source="shards", root=out, classes="0,5"))
+
+
 def test_index_is_cached_and_not_rebuilt(built, monkeypatch):
     out, _ = built
     ShiftedImageNet("base", source="shards", root=out).entries  # builds (or loads) the index
@@ -179,8 +188,25 @@ def test_swapped_shard_is_detected_on_read(built, tmp_path):
     data_a, data_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(data_b)
     b.write_bytes(data_a)
-    with pytest.raises(ShardError, match="does not match its index"):
+    with pytest.raises(ShardError, match="base-000000.tar holds samples base/0001/02..base/0207/00 but the manifest "
+                                         "lists base/0000/00..base/0001/01: it was replaced"):
         ShiftedImageNet("base", source="shards", root=copy)[0]
+
+
+def test_stale_index_is_caught_by_the_header_check(built, tmp_path):
+    """Even if an index did not match the file (a copy changed behind our back), reads check tar headers."""
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    entries = ShiftedImageNet("base", source="shards", root=copy).entries
+    a = copy / "base" / "base-000000.tar"
+    data = bytearray(a.read_bytes())
+    data[entries[0].image_offset - 512] ^= 0x01  # the first image's tar header name
+    a.write_bytes(bytes(data))
+    ds2 = ShiftedImageNet("base", source="shards", root=copy)
+    ds2._entries = entries
+    with pytest.raises(ShardError, match="does not match its index"):
+        ds2[0]
 
 
 def test_masks_are_rejected_for_synthesis(tiny_spec, tiny_tokens):
