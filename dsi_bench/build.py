@@ -83,6 +83,10 @@ class ShardJob:
         """Whether Ray tasks should reserve a GPU by default."""
         return False
 
+    def rank_device(self, local_rank: int) -> str | None:
+        """The device of a torchrun/SLURM rank when ``devices`` is not given (``None``: as planned)."""
+        return None
+
     def samples(self, task: ShardTask) -> Iterator[dict]:
         """WebDataset sample dicts (``__key__`` plus member name -> bytes), in shard order."""
         raise NotImplementedError
@@ -355,7 +359,7 @@ def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite,
         summary.rank, summary.world = rank, world
         mine = tasks[rank::world]
         _check_plan(job, out, False)  # every rank writes the same plan file: harmless
-        job.prepare(_rank_device(devices, _local_rank()))
+        job.prepare(_rank_device(devices, _local_rank()) or job.rank_device(_local_rank()))
         _sweep_temporaries(out, mine)
         _run_tasks(job, out, mine, progress and rank == 0, f"build[rank {rank}]", summary)
     else:
@@ -492,6 +496,10 @@ class SynthesisJob(ShardJob):
 
     def wants_gpu(self) -> bool:
         return self.spec.device_type == "cuda"
+
+    def rank_device(self, local_rank: int) -> str | None:
+        # "cuda" without an index means one GPU per rank on each node, as torchrun users expect.
+        return f"cuda:{local_rank}" if self.spec.device == "cuda" else None
 
     def tasks(self) -> list[ShardTask]:
         from .synthesis import make_requests

@@ -214,3 +214,14 @@ def test_ray_engine_equals_one_process(reference, tiny_tokens, tmp_path):
         ray.shutdown()
     assert summary.complete and summary.shards_built == 6
     assert tree_bytes(out) == tree_bytes(reference[0])
+
+
+def test_torchrun_ranks_get_their_own_gpu():
+    from types import SimpleNamespace
+
+    from dsi_bench.build import SynthesisJob
+    from dsi_bench.pipeline import PipelineSpec
+
+    assert SynthesisJob.rank_device(SimpleNamespace(spec=PipelineSpec(device="cuda")), 3) == "cuda:3"
+    assert SynthesisJob.rank_device(SimpleNamespace(spec=PipelineSpec(device="cuda:1")), 3) is None
+    assert SynthesisJob.rank_device(SimpleNamespace(spec=PipelineSpec(device="cpu")), 1) is None
