@@ -236,6 +236,79 @@ def _cmd_convert(args) -> int:
     return _report_build(summary, "converted")
 
 
+def _cmd_eval(args) -> int:
+    from .evaluate import evaluate
+
+    results = evaluate(
+        args.model,
+        shifts=args.shifts,
+        source=args.source,
+        root=args.root,
+        weights=args.weights,
+        name=args.name,
+        classes=args.classes,
+        per_class=args.per_class,
+        masks=_masks_arg(args.masks),
+        class_map=args.class_map,
+        restrict=args.restrict,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        predictions=args.predictions,
+        progress=not args.quiet,
+    )
+    return _report_results(results, args.results)
+
+
+def _masks_arg(text):
+    if text is None or text.lower() in ("none", "false", "no"):
+        return False
+    if text.lower() in ("true", "release", "flags", "yes"):
+        return True
+    return text
+
+
+def _report_results(results, path) -> int:
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        print(f"{results['model']['name']} on {results['data']['source']} {results['data']['root'] or ''}")
+        print(results.table())
+        if path:
+            print(f"results: {results.save(path)}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from .score import score_predictions
+
+    results = score_predictions(
+        args.predictions,
+        source=args.source,
+        root=args.root,
+        shifts=args.shifts,
+        masks=_masks_arg(args.masks),
+        classes=args.classes,
+        allow_missing=args.allow_missing,
+        name=args.name,
+    )
+    return _report_results(results, args.results)
+
+
+def _cmd_leaderboard(args) -> int:
+    from .leaderboard import make_leaderboard
+
+    paths = make_leaderboard(args.results_dir, args.out, plots=not args.no_plots)
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['html']}" + (f" and {len(paths['plots'])} plots"
+                                                                     if paths["plots"] else ""))
+    if paths["groups"] > 1:
+        print(f"warning: the results cover {paths['groups']} different data fingerprints; they are listed in "
+              "separate tables and not ranked together")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .folders import run_demo, run_demo_shards
 
@@ -358,6 +431,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="rebuild a folder that holds another conversion")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert, shift=None)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a classifier on every shift of a source",
+        formatter_class=_formatter,
+        description="Per shift: n, top-1 with a 95%% Wilson interval, top-5, drop vs base, paired flips vs base "
+        "and McNemar's test, per-class accuracy and the worst classes.",
+        epilog=_example("""
+            dsi-bench eval --model torchvision:resnet50 --weights IMAGENET1K_V1 --source shards --root shards/ \\
+                --shifts all --results resnet50.json --device cuda --amp
+            dsi-bench eval --model timm:convnext_tiny --source imagenet-star --root star/ --masks masks.npy
+            dsi-bench eval --model my_models.py:build --class-map outputs.json --source shards --root shards/
+            torchrun --nproc-per-node 4 -m dsi_bench.cli eval --model torchvision:resnet50 --root shards/ ...
+        """),
+    )
+    p.add_argument("--model", required=True,
+                   help="torchvision:NAME, timm:NAME, hf:ORG/NAME, file.py:function, package.module:function, "
+                        "or a TorchScript .pt")
+    p.add_argument("--weights", default=None, help="DEFAULT, an enum/tag name, none, or a checkpoint path")
+    p.add_argument("--name", default=None, help="display name (default: spec and weights)")
+    p.add_argument("--source", choices=("shards", "imagenet-star", "synth"), default="shards")
+    p.add_argument("--root", default=None, help="shard folder/URL or release folder")
+    p.add_argument("--shifts", default="all", help="all (default) or a comma list, e.g. base,in_the_snow")
+    p.add_argument("--classes", default=None, help="evaluate only these classes (e.g. 0-99)")
+    p.add_argument("--per-class", type=int, default=None, help="at most this many samples per class")
+    p.add_argument("--masks", default=None, help="masks.npy/.npz path, or 'release' (fetch; shards: recorded flags)")
+    p.add_argument("--class-map", default=None, help="JSON list: the label index, WordNet id or name of each output")
+    p.add_argument("--restrict", action="store_true", help="predict only among the evaluated classes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (default: cpu)")
+    p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--results", default=None, help="write the results JSON here")
+    p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "score",
+        help="score a predictions CSV (key,prediction[,label][,top5]) against a source",
+        formatter_class=_formatter,
+        epilog=_example("""
+            dsi-bench score submission.csv --source imagenet-star --root star/ --masks masks.npy --results sub.json
+        """),
+    )
+    p.add_argument("predictions", help="CSV with columns key,prediction (optionally label, top5)")
+    p.add_argument("--source", choices=("shards", "imagenet-star"), default=None,
+                   help="the data the predictions are for (checks unknown/missing keys; labels from the source)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--shifts", default=None, help="only these shifts (default: every shift in the file)")
+    p.add_argument("--classes", default=None)
+    p.add_argument("--masks", default=None, help="masks.npy/.npz path, or 'release'")
+    p.add_argument("--allow-missing", action="store_true", help="count samples without a prediction as wrong")
+    p.add_argument("--name", default=None, help="display name (default: the file name)")
+    p.add_argument("--results", default=None, help="write the results JSON here")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "leaderboard",
+        help="tables (md, csv, sortable html) and plots from a folder of results files",
+        formatter_class=_formatter,
+        epilog=_example("dsi-bench leaderboard results/ --out board/"),
+    )
+    p.add_argument("results_dir", help="folder of results JSON files (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=_cmd_leaderboard)
 
     p = sub.add_parser(
         "tokens",

@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "OfflineError",
     "OptionalDependencyError",
+    "PredictionsError",
     "ReleaseError",
     "ShardError",
     "ShiftError",
@@ -68,6 +69,10 @@ class ShardError(DsiBenchError):
 
 class ReleaseError(DsiBenchError):
     """An ImageNet* release folder or zip with missing, extra or unreadable files."""
+
+
+class PredictionsError(DsiBenchError):
+    """A predictions file with unknown, duplicate or missing keys, or unreadable rows."""
 
 
 class MaskError(DsiBenchError):

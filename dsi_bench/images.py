@@ -74,9 +74,13 @@ def draft_size(transform) -> int | None:
         if not items:
             return None
         transform, seen = items[0], seen + 1
-    if type(transform).__name__ != "Resize":
+    kind = type(transform).__name__
+    if kind == "ImageClassification":  # torchvision weights' transforms(): resize_size=[s]
+        size = getattr(transform, "resize_size", None)
+    elif kind == "Resize":
+        size = getattr(transform, "size", None)
+    else:
         return None
-    size = getattr(transform, "size", None)
     if isinstance(size, (list, tuple)):
         if len(size) == 1:
             size = size[0]

@@ -20,6 +20,8 @@ __all__ = [
     "SD2_SCHEDULER_CONFIG",
     "fake_imagenet_classes",
     "make_fake_release",
+    "oracle_classifier",
+    "tiny_classifier",
     "TINY_CROSS_ATTENTION_DIM",
     "build_tiny_tokenizer",
     "save_tiny_pipeline",
@@ -220,9 +222,14 @@ def make_fake_release(
     per_class: int = 50,
     size: int = 64,
     as_zip: bool = True,
+    pattern: bool = False,
 ) -> Path:
     """A folder laid out like the ImageNet* release: ``{shift}.zip`` (or folders) of
-    ``{wnid}/{NN}.jpg``, small random JPEGs (deterministic)."""
+    ``{wnid}/{NN}.jpg``, small random JPEGs (deterministic).
+
+    With ``pattern``, each image is one flat colour encoding what it is (see :class:`OracleClassifier`):
+    red = 20 + 40 * class position, green = 10 + 4 * index, blue = 200 for shifts other than base.
+    """
     import zipfile
 
     import numpy as np
@@ -236,8 +243,15 @@ def make_fake_release(
         for wnid in wnids:
             for i in range(per_class):
                 buf = io.BytesIO()
-                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+                if pattern:
+                    colour = (20 + 40 * wnids.index(wnid), 10 + 4 * i, 0 if shift == "base" else 200)
+                    pixels = np.broadcast_to(np.array(colour, dtype=np.uint8), (size, size, 3))
+                else:
+                    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                if pattern:  # lossless enough for flat colours: 4:4:4, quality 100
+                    Image.fromarray(pixels).save(buf, format="JPEG", quality=100, subsampling=0)
+                else:
+                    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
                 files[f"{shift}/{wnid}/{i:02d}.jpg"] = buf.getvalue()
         if as_zip:
             with zipfile.ZipFile(root / f"{shift}.zip", "w", zipfile.ZIP_STORED) as z:
@@ -258,3 +272,49 @@ def fake_imagenet_classes(wnids: Sequence[str] = ("n01440764", "n01443537", "n01
     names = imagenet_classes().names
     ids = list(wnids) + [f"n9{i:07d}" for i in range(len(wnids), len(names))]
     return ClassList.from_names(names, ids=ids, name="imagenet")
+
+
+def tiny_classifier(num_classes: int = 1000, seed: int = 0, width: int = 8, size: int = 32):
+    """A small random CNN and its transform (``size`` px): a real ``nn.Module`` for tests and the demo."""
+    import torch
+    from torchvision import transforms as T
+
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+        torch.nn.Linear(width * 16, num_classes),
+    )
+    transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return module.eval(), transform
+
+
+def oracle_classifier():
+    """A model that reads :func:`make_fake_release` pattern images (``ToTensor`` input, 1000 outputs).
+
+    It is right unless ``index % 10 == 3``, or (blue images only: the shifts) ``index % 5 == 0``;
+    when wrong it answers the next class. The true class is always its second choice. So on
+    3 classes x 50 images: base top-1 = 135/150, a shift = 105/150, top-5 = 1, and 30 pairs flip.
+    """
+    import torch
+    from torchvision import transforms as T
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_classes = 1000
+
+        def forward(self, x):
+            mean = x.float().mean(dim=(2, 3)) * 255
+            cls = ((mean[:, 0] - 20) / 40).round().long()
+            idx = ((mean[:, 1] - 10) / 4).round().long()
+            shifted = mean[:, 2] > 100
+            wrong = (idx % 10 == 3) | (shifted & (idx % 5 == 0))
+            guess = torch.where(wrong, cls + 1, cls)
+            logits = torch.zeros(x.shape[0], self.num_classes)
+            rows = torch.arange(x.shape[0])
+            logits[rows, cls] = 1.0
+            logits[rows, guess] = 2.0
+            return logits
+
+    return Oracle(), T.ToTensor()

@@ -1,0 +1,346 @@
+"""The benchmark harness: any classifier, every shift of a source, one streaming pass per shift.
+
+``evaluate(model, shifts="all", source="shards", root=...)`` loads the model (see
+:mod:`dsi_bench.models`), streams each shift through a ``DataLoader`` (workers decode ahead,
+pinned memory and non-blocking copies on CUDA, optional AMP and ``channels_last``), keeps only
+each sample's top-5 labels (a few bytes per sample), checks that every selected sample was seen
+exactly once, and computes the metrics of :mod:`dsi_bench.results`.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) each rank streams its own shards; the per-sample
+predictions are gathered and every rank computes the same results, equal to one process's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import platform
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .classes import ClassList, imagenet_classes
+from .errors import DsiBenchError, SpecError
+from .models import ClassMap, LoadedModel, load_model
+from .results import Results, ShiftPredictions, build_results
+
+__all__ = ["data_info", "evaluate", "resolve_shifts", "write_predictions"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_shifts(shifts, source: str, root) -> list[str]:
+    """Shift ids to evaluate: ``"all"`` (what the source holds), a comma list, or a sequence; base first."""
+    from .shifts import get_shift, list_shifts
+
+    if shifts is None or shifts == "all":
+        if source == "shards":
+            from .shards import ShardSet
+
+            ids = ShardSet(root).shifts
+        elif source == "imagenet-star":
+            from .release import release_shifts
+
+            ids = release_shifts(root)
+        else:
+            ids = [s.id for s in list_shifts()]
+    else:
+        names = [s.strip() for s in shifts.split(",")] if isinstance(shifts, str) else list(shifts)
+        ids = [get_shift(s).id for s in names if s]
+    if not ids:
+        raise DsiBenchError(f"source {source!r} at {root!r} holds no shifts to evaluate")
+    ids = list(dict.fromkeys(ids))
+    return (["base"] if "base" in ids else []) + [s for s in ids if s != "base"]
+
+
+def _hardware(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor() or platform.machine()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fingerprint(ds) -> str:
+    """What the samples of one shift are: manifest records, release listing, or generation plan."""
+    h = hashlib.sha256()
+    if ds.source == "shards":
+        for r in ds._store.shards(ds.shift.id):
+            h.update(f"{r['path']}:{r['sha256']}\n".encode())
+    elif ds.source == "imagenet-star":
+        for e in ds._store.entries:
+            h.update(f"{e.release_key}\0{e.size}\n".encode())
+    else:
+        s = ds.synthesizer
+        plan = {"model": s.model_fingerprint, "tokens": None if s.tokens is None else s.tokens.fingerprint,
+                "settings": s.spec.pixel_settings(), "seed": ds.seed, "template": ds.shift.template}
+        h.update(repr(sorted(plan.items())).encode())
+    h.update(f"|classes={ds.class_indices}|per_class={ds.per_class}".encode())
+    return h.hexdigest()
+
+
+def _masks_id(masks) -> str | None:
+    if masks is None or masks is False:
+        return None
+    if masks is True:
+        return "release masks"
+    from .masks import Masks
+
+    if isinstance(masks, Masks):
+        return masks.source or "in-memory masks"
+    from .files import sha256_file
+
+    path = os.fspath(masks)
+    return f"{os.path.basename(path)}:sha256:{sha256_file(path)}" if os.path.isfile(path) else path
+
+
+def data_info(source: str, root, masks, classes, fingerprints: dict[str, str], manifest: str | None) -> dict:
+    """The ``data`` section of a results file: source, masks and fingerprints (shared by eval and score)."""
+    masks_id = "keep flags in the shards" if (masks is True and source == "shards") else _masks_id(masks)
+    fp = hashlib.sha256()
+    for s in sorted(fingerprints):
+        fp.update(f"{s}:{fingerprints[s]}\n".encode())
+    base = f"manifest:{manifest}" if manifest else fp.hexdigest()
+    return {
+        "source": source,
+        "root": None if root is None else str(root),
+        "fingerprint": base + (f"|masks:{masks_id}" if masks_id else ""),
+        "masks": masks_id,
+        "classes": None if classes is None else str(classes),
+        "shift_fingerprints": dict(fingerprints),
+    }
+
+
+class _Predictor:
+    """logits -> top-k label-space indices, through an optional class map and class restriction."""
+
+    def __init__(self, num_classes: int, class_map: ClassMap | None, allowed: Sequence[int] | None, k: int = 5):
+        import torch
+
+        self.num_classes = num_classes
+        self.class_map = class_map
+        self.k = k
+        self.targets = None if class_map is None else torch.tensor(class_map.targets)
+        self.allowed = None if allowed is None else set(int(c) for c in allowed)
+        self._mask = None
+
+    def _column_mask(self, outputs: int, device):
+        import torch
+
+        if self._mask is None or self._mask.numel() != outputs:
+            targets = self.targets if self.targets is not None else torch.arange(outputs)
+            keep = targets >= 0
+            if self.allowed is not None:
+                keep &= torch.tensor([int(t) in self.allowed for t in targets.tolist()])
+            self._mask = (~keep).to(device)
+        return self._mask
+
+    def __call__(self, logits):
+        import torch
+
+        outputs = logits.shape[1]
+        if self.class_map is None and outputs != self.num_classes:
+            raise SpecError(f"the model has {outputs} outputs but the label space has {self.num_classes} classes; "
+                            "pass a class map (class_map=, --class-map FILE) saying which class each output is")
+        if self.class_map is not None and outputs != len(self.class_map):
+            raise SpecError(f"the class map {self.class_map.source!r} lists {len(self.class_map)} outputs but the "
+                            f"model has {outputs}")
+        logits = logits.float()
+        mask = self._column_mask(outputs, logits.device)
+        if bool(mask.any()):
+            logits = logits.masked_fill(mask, float("-inf"))
+        k = min(self.k, outputs)
+        idx = logits.topk(k, dim=1).indices.cpu()
+        if self.targets is not None:
+            idx = self.targets[idx]
+        if k < self.k:
+            idx = torch.cat([idx, torch.full((idx.shape[0], self.k - k), -1, dtype=idx.dtype)], dim=1)
+        return idx
+
+
+def _distributed(device: str):
+    """(dist module or None, created_here): joins the torchrun process group when WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None, False
+    if dist.is_initialized():
+        return (dist if dist.get_world_size() > 1 else None), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        return dist, True
+    return None, False
+
+
+def evaluate(
+    model,
+    shifts="all",
+    source: str = "shards",
+    root=None,
+    *,
+    weights: str | None = None,
+    transform: Callable | None = None,
+    name: str | None = None,
+    classes=None,
+    per_class: int | None = None,
+    masks=False,
+    class_map=None,
+    restrict: bool = False,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "cpu",
+    amp: bool = False,
+    channels_last: bool | None = None,
+    class_list: ClassList | None = None,
+    predictions: str | os.PathLike | None = None,
+    progress: bool = True,
+    worst_k: int = 10,
+    **dataset_kwargs,
+) -> Results:
+    """Evaluate a classifier on every requested shift of a source.
+
+    Args:
+        model: a spec string (``torchvision:resnet50``, ``timm:...``, ``hf:...``, ``file.py:fn``,
+            ``pkg.mod:fn``, ``model.pt``), an ``nn.Module``, or a :class:`~dsi_bench.models.LoadedModel`.
+        shifts: ``"all"`` (every shift the source holds), ``"base,in_the_snow"``, or a list.
+        source, root, classes, per_class, masks: as in :class:`~dsi_bench.ShiftedImageNet`
+            (extra keyword arguments go to it too, e.g. ``model=``/``tokens=`` for ``"synth"``;
+            pass the generator as ``pipeline=`` there since ``model`` names the classifier).
+        weights, transform: passed to :func:`~dsi_bench.models.load_model`.
+        name: display name in tables and leaderboards (default: the spec and weights).
+        class_map: a :class:`~dsi_bench.models.ClassMap` or JSON path, for models whose outputs are
+            not the label space's classes.
+        restrict: predict only among the evaluated classes (when evaluating a subset).
+        batch_size, num_workers: the ``DataLoader``'s (workers default: up to 4; 0 for ``"synth"``).
+        device, amp, channels_last: where and how to run the model (AMP: fp16 on CUDA, bf16 on CPU;
+            ``channels_last`` defaults to on for CUDA).
+        predictions: also write per-sample predictions as CSV (``key,label,prediction,top5``),
+            which ``dsi-bench score`` reads back to the same results.
+
+    Returns:
+        :class:`~dsi_bench.results.Results`.
+
+    Raises:
+        SpecError, ShardError, ReleaseError, MaskError, ModelLoadError, OfflineError: bad input,
+            before the first batch where possible.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .datasets import ShiftedImageNet
+    from .pipeline import resolve_device
+
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise SpecError(f"batch_size={batch_size!r} must be a positive integer")
+    loaded: LoadedModel = load_model(model, weights, transform)
+    class_list = class_list or imagenet_classes()
+    if class_map is not None and not isinstance(class_map, ClassMap):
+        class_map = ClassMap.load(class_map, class_list)
+    if class_map is None and loaded.num_outputs is not None and loaded.num_outputs != len(class_list):
+        raise SpecError(f"{loaded.name} has {loaded.num_outputs} outputs but the label space has {len(class_list)} "
+                        "classes; pass a class map (class_map=, --class-map FILE) saying which class each output is")
+    if class_map is not None and loaded.num_outputs is not None and loaded.num_outputs != len(class_map):
+        raise SpecError(f"the class map {class_map.source!r} lists {len(class_map)} outputs but {loaded.name} has "
+                        f"{loaded.num_outputs}")
+    device = resolve_device(device)
+    dist, created = _distributed(device)
+    if dist is not None and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    shift_ids = resolve_shifts(shifts, source, root)
+    is_cuda = device.startswith("cuda")
+    module = loaded.module.to(device)
+    if channels_last if channels_last is not None else is_cuda:
+        module = module.to(memory_format=torch.channels_last)
+    amp_dtype = torch.float16 if is_cuda else torch.bfloat16
+    if num_workers is None:
+        num_workers = 0 if source == "synth" else min(4, os.cpu_count() or 1)
+    rank0 = dist is None or dist.get_rank() == 0
+
+    preds: dict[str, ShiftPredictions] = {}
+    fingerprints: dict[str, str] = {}
+    data_root = None
+    try:
+        for shift_id in shift_ids:
+            ds = ShiftedImageNet(shift_id, source=source, root=root, classes=classes, per_class=per_class,
+                                 masks=masks, class_list=class_list, transform=loaded.transform, **dataset_kwargs)
+            expected = ds.keys
+            if not expected:
+                raise DsiBenchError(f"shift {shift_id!r} of {source} {root!r} has no samples to evaluate "
+                                    "(empty source, or every sample masked out)")
+            fingerprints[shift_id] = _fingerprint(ds)
+            if source == "shards":
+                data_root = ds._store.fingerprint
+            predictor = _Predictor(len(class_list), class_map, ds.class_indices if restrict else None)
+            loader = DataLoader(ds.stream(return_key=True), batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=is_cuda, persistent_workers=False,
+                                prefetch_factor=4 if num_workers else None)
+            keys: list[str] = []
+            labels, tops = [], []
+            with torch.inference_mode(), tqdm(total=len(expected), desc=shift_id, unit="img",
+                                              disable=not (progress and rank0), dynamic_ncols=True) as bar:
+                for x, y, k in loader:
+                    x = x.to(device, non_blocking=is_cuda)
+                    if channels_last if channels_last is not None else is_cuda:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype, enabled=amp):
+                        logits = module(x)
+                    tops.append(predictor(logits))
+                    labels.append(y)
+                    keys.extend(k)
+                    bar.update(len(k))
+            shard = (keys, torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+                     torch.cat(tops).numpy() if tops else np.zeros((0, 5), np.int64))
+            if dist is not None:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, shard)
+                keys = [k for g in gathered for k in g[0]]
+                shard = (keys, np.concatenate([g[1] for g in gathered]), np.concatenate([g[2] for g in gathered]))
+            if len(keys) != len(expected) or set(keys) != set(expected):
+                seen = set(keys)
+                missing = [k for k in expected if k not in seen]
+                raise DsiBenchError(f"{shift_id}: evaluated {len(keys)} samples ({len(seen)} distinct) but the source "
+                                    f"selects {len(expected)}; missing e.g. {missing[:3]}")
+            preds[shift_id] = ShiftPredictions(*shard).sorted()
+    finally:
+        if created:
+            dist.destroy_process_group()
+    data = data_info(source, root, masks, classes, fingerprints, data_root)
+    model_info = {
+        "name": name or loaded.name,
+        "spec": loaded.spec,
+        "weights": loaded.weights,
+        "preprocessing": loaded.preprocessing,
+        "num_outputs": loaded.num_outputs,
+        "class_map": None if class_map is None else class_map.source,
+        "restricted_to_evaluated_classes": bool(restrict),
+        "amp": bool(amp),
+    }
+    results = build_results(preds, class_names=class_list.names, model=model_info, data=data,
+                            label_space=class_list.name, hardware=_hardware(device), worst_k=worst_k)
+    if predictions is not None and rank0:
+        write_predictions(preds, predictions)
+    return results
+
+
+def write_predictions(preds: dict[str, ShiftPredictions], path: str | os.PathLike) -> None:
+    """Per-sample predictions as CSV: ``key,label,prediction,top5`` (top5 space-separated)."""
+    from .files import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["key", "label", "prediction", "top5"])
+    for p in preds.values():
+        for key, label, top in zip(p.keys, p.labels.tolist(), p.topk.tolist()):
+            w.writerow([key, label, top[0], " ".join(str(t) for t in top)])
+    atomic_write(path, buf.getvalue().encode())

@@ -1,0 +1,276 @@
+"""The harness: exact metrics on an oracle fixture, model specs, class maps, score, leaderboard, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from dsi_bench.errors import OfflineError, PredictionsError, SpecError
+from dsi_bench.evaluate import evaluate
+from dsi_bench.metrics import wilson_interval
+from dsi_bench.models import ClassMap, load_model
+from dsi_bench.release import convert_release
+from dsi_bench.results import Results
+from dsi_bench.score import score_predictions
+from dsi_bench.testing import fake_imagenet_classes, make_fake_release, oracle_classifier, tiny_classifier
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return fake_imagenet_classes(WNIDS)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_fake_release(tmp_path_factory.mktemp("rel"), shifts=("base", "in_the_snow"), wnids=WNIDS,
+                             size=16, pattern=True)
+
+
+@pytest.fixture(scope="module")
+def shards(release, classes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("star") / "shards"
+    convert_release(release, out, class_list=classes, classes="0-2", samples_per_shard=40, progress=False)
+    return out
+
+
+def run(model, root, classes, source="imagenet-star", **kw):
+    m, t = oracle_classifier() if model == "oracle" else (model, kw.pop("transform", None))
+    kw.setdefault("transform", t)
+    return evaluate(m, "all", source=source, root=root, classes="0-2", class_list=classes, progress=False,
+                    num_workers=0, **kw)
+
+
+def test_oracle_numbers_are_exact(release, classes):
+    r = run("oracle", release, classes)
+    base, snow = r.shifts["base"], r.shifts["in_the_snow"]
+    assert (base["n"], base["correct"], base["top1"], base["top5"]) == (150, 135, 0.9, 1.0)
+    assert base["top1_ci"] == list(wilson_interval(135, 150))
+    assert (snow["n"], snow["correct"], snow["top1"]) == (150, 105, 0.7)
+    assert snow["drop_vs_base"] == pytest.approx(0.2)
+    assert (snow["pairs"], snow["flips"], snow["reverse_flips"]) == (150, 30, 0)
+    assert snow["flip_rate"] == pytest.approx(0.2) and snow["mcnemar_p"] == pytest.approx(2 * 0.5**30)
+    assert snow["per_class_top1"] == [pytest.approx(0.7)] * 3 and snow["per_class_n"] == [50, 50, 50]
+    assert [w["drop"] for w in snow["worst_classes"]] == [pytest.approx(0.2)] * 3
+    assert r["summary"] == {"base_top1": 0.9, "mean_top1": 0.7, "worst_shift": "in_the_snow", "worst_top1": 0.7,
+                            "shifts": ["base", "in_the_snow"]}
+    assert r["data"]["source"] == "imagenet-star" and r["data"]["fingerprint"]
+    assert r["model"]["name"] == "Oracle" and r["hardware"]["device"] == "cpu"
+
+
+def test_shards_give_the_release_numbers_and_masks_apply(release, shards, classes, tmp_path):
+    direct = run("oracle", release, classes)
+    via = run("oracle", shards, classes, source="shards")
+    for s in ("base", "in_the_snow"):
+        a = {k: v for k, v in direct.shifts[s].items() if k != "fingerprint"}
+        b = {k: v for k, v in via.shifts[s].items() if k != "fingerprint"}
+        assert a == b
+    assert via["data"]["fingerprint"].startswith("manifest:")
+    masks = tmp_path / "masks.npz"
+    j = np.arange(50_000)
+    np.savez(masks, base=j % 2 == 0, in_the_snow=j % 2 == 0)
+    masked = run("oracle", release, classes, masks=masks)
+    assert masked.shifts["base"]["n"] == 75 and masked.shifts["base"]["top1"] == 1.0
+    assert masked.shifts["in_the_snow"]["top1"] == pytest.approx(60 / 75)
+    assert masked["data"]["masks"].startswith("masks.npz:sha256:")
+    assert masked["data"]["fingerprint"] != direct["data"]["fingerprint"]
+
+
+def test_class_maps_and_restriction(release, classes, tmp_path):
+    oracle, t = oracle_classifier()
+
+    class ThreeOutputs(torch.nn.Module):
+        def forward(self, x):
+            return oracle(x)[:, :3]
+
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps(list(WNIDS)))
+    mapped = run(ThreeOutputs(), release, classes, transform=t, class_map=cmap)
+    assert mapped.shifts["base"]["top1"] == pytest.approx(140 / 150)  # class 2's wrong answer (3) is not an output
+    assert mapped.shifts["base"]["top5"] == 1.0  # 3 outputs: top-5 is "among the 3"
+    with pytest.raises(SpecError, match="has 3 outputs but the label space has 1000 classes; pass a class map"):
+        run(ThreeOutputs(), release, classes, transform=t)
+    # The oracle's wrong answer for class 2 is class 3: restricted to classes 0-2 it cannot say that.
+    restricted = run("oracle", release, classes, restrict=True)
+    assert restricted.shifts["base"]["correct"] == 140
+    with pytest.raises(SpecError, match="maps outputs 0 and 1 to the same class 0"):
+        ClassMap.from_entries([0, "tench"], classes)
+    with pytest.raises(SpecError, match="'goldfsh', which is not .*Did you mean 'goldfish'"):
+        ClassMap.from_entries(["goldfsh"], classes)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([0, 1]))
+    with pytest.raises(SpecError, match="lists 2 outputs but the model has 3"):
+        run(ThreeOutputs(), release, classes, transform=t, class_map=bad)
+
+
+def test_model_specs(tmp_path, monkeypatch):
+    import torchvision
+
+    m = load_model("torchvision:resnet18", weights="none")
+    assert m.num_outputs == 1000 and type(m.transform).__name__ == "ImageClassification"
+    ckpt = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in m.module.state_dict().items()}}, ckpt)
+    again = load_model("torchvision:resnet18", weights=str(ckpt))
+    assert torch.equal(again.module.fc.weight, m.module.fc.weight)
+    with pytest.raises(SpecError, match="no model 'resnet5'.*'resnet50'"):
+        load_model("torchvision:resnet5")
+    with pytest.raises(SpecError, match="no weights 'IMAGENET'"):
+        load_model("torchvision:resnet18", weights="IMAGENET")
+    with pytest.raises(SpecError, match="unknown model spec 'torchvison:resnet18'.*'torchvision'"):
+        load_model("torchvison:resnet18")
+
+    def offline(*args, **kwargs):
+        import urllib.error
+
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(OfflineError, match="resnet18-f37072fd.pth.*--weights path/to/checkpoint.pth"):
+        load_model("torchvision:resnet18")
+
+    user = tmp_path / "mine.py"
+    user.write_text("from dsi_bench.testing import tiny_classifier\n\n\ndef build():\n"
+                    "    return tiny_classifier(seed=3)\n")
+    assert load_model(f"{user}:build").num_outputs == 1000
+    assert load_model("dsi_bench.testing:oracle_classifier").module.num_classes == 1000
+    with pytest.raises(SpecError, match="has no function 'bild'.*'build'"):
+        load_model(f"{user}:bild")
+    module, _ = tiny_classifier()
+    scripted = tmp_path / "tiny.pt"
+    torch.jit.script(module).save(str(scripted))
+    loaded = load_model(str(scripted))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.module(x), module(x))
+
+
+def test_hf_classifier_from_a_local_folder(release, classes, tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    folder = tmp_path / "hf-tiny"
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], num_labels=1000)
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    m = load_model(f"hf:{folder}")
+    assert m.num_outputs == 1000
+    r = evaluate(m, "base", source="imagenet-star", root=release, classes="0-2", class_list=classes,
+                 progress=False, num_workers=0)
+    assert r.shifts["base"]["n"] == 150
+    with pytest.raises(OfflineError, match="hf:DIR"):
+        load_model("hf:nobody/no-such-model")
+
+
+def test_predictions_score_back_to_the_same_results(release, shards, classes, tmp_path):
+    pred = tmp_path / "pred.csv"
+    r = run("oracle", shards, classes, source="shards", predictions=pred)
+    scored = score_predictions(pred, source="shards", root=shards, classes="0-2", class_list=classes)
+    assert scored.shifts == r.shifts and scored["data"]["fingerprint"] == r["data"]["fingerprint"]
+    # Release-style keys name the same samples.
+    lines = pred.read_text().splitlines()
+    rel = tmp_path / "release_keys.csv"
+    rows = ["key,prediction"]
+    for line in lines[1:]:
+        key, _, top1, _ = line.split(",")
+        shift, c, i = key.split("/")
+        rows.append(f"{shift}/{WNIDS[int(c)]}/{i}.jpg,{top1}")
+    rel.write_text("\n".join(rows) + "\n")
+    again = score_predictions(rel, source="imagenet-star", root=release, classes="0-2", class_list=classes)
+    assert again.shifts["in_the_snow"]["top1"] == 0.7 and again.shifts["in_the_snow"]["flip_rate"] == pytest.approx(.2)
+    # Unknown, duplicate and missing keys are reported, never dropped.
+    (tmp_path / "dup.csv").write_text("\n".join(rows + [rows[5]]) + "\n")
+    with pytest.raises(PredictionsError, match="1 keys appear more than once"):
+        score_predictions(tmp_path / "dup.csv", source="imagenet-star", root=release, classes="0-2",
+                          class_list=classes)
+    (tmp_path / "unknown.csv").write_text("\n".join(rows + ["base/0007/00,1"]) + "\n")
+    with pytest.raises(PredictionsError, match="1 keys are not samples of imagenet-star.*'base/0007/00'"):
+        score_predictions(tmp_path / "unknown.csv", source="imagenet-star", root=release, classes="0-2",
+                          class_list=classes)
+    (tmp_path / "missing.csv").write_text("\n".join(rows[:-2]) + "\n")
+    with pytest.raises(PredictionsError, match="2 samples have no prediction"):
+        score_predictions(tmp_path / "missing.csv", source="imagenet-star", root=release, classes="0-2",
+                          class_list=classes)
+    partial = score_predictions(tmp_path / "missing.csv", source="imagenet-star", root=release, classes="0-2",
+                                class_list=classes, allow_missing=True)
+    assert partial["data"]["missing_predictions"] == {"in_the_snow": 2}
+    assert partial.shifts["in_the_snow"]["n"] == 150
+    (tmp_path / "nokey.csv").write_text("id,pred\n1,2\n")
+    with pytest.raises(PredictionsError, match="columns key and prediction"):
+        score_predictions(tmp_path / "nokey.csv", class_list=classes)
+
+
+def _valid_png(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+        return im.format == "PNG"
+
+
+def test_leaderboard_from_three_results(release, classes, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    run("oracle", release, classes, name="oracle").save(folder / "oracle.json")
+    for seed in (0, 1):
+        m, t = tiny_classifier(seed=seed)
+        run(m, release, classes, transform=t, name=f"tiny-{seed}").save(folder / f"tiny{seed}.json")
+    from dsi_bench.leaderboard import make_leaderboard
+
+    paths = make_leaderboard(folder, tmp_path / "board")
+    md = paths["md"].read_text()
+    assert "| 1 | oracle | 70.0 | 90.0 | in_the_snow (70.0) |" in md
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0].startswith("group,rank,model,mean_top1") and len(rows) == 4 and ",oracle," in rows[1]
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+    parser = Cells()
+    parser.feed(paths["html"].read_text())
+    parser.close()
+    assert parser.tags.count("tr") == 4 and "script" in parser.tags and "th" in parser.tags
+    names = sorted(p.name for p in paths["plots"])
+    assert names == ["effective_robustness.png", "heatmap.png", "oracle_shifts.png", "tiny-0_shifts.png",
+                     "tiny-1_shifts.png"]
+    assert all(_valid_png(p) for p in paths["plots"])
+    # Results on other data are flagged and kept apart; other schema versions are refused.
+    other = json.loads((folder / "tiny1.json").read_text())
+    other["data"]["fingerprint"] = "something else"
+    (folder / "tiny1.json").write_text(json.dumps(other))
+    paths = make_leaderboard(folder, tmp_path / "board2", plots=False)
+    assert paths["groups"] == 2 and "different data (not comparable" in paths["md"].read_text()
+    other["schema_version"] = 0
+    (folder / "tiny1.json").write_text(json.dumps(other))
+    with pytest.raises(SpecError, match="different schema versions"):
+        make_leaderboard(folder, tmp_path / "board3")
+
+
+def test_torchrun_evaluation_equals_one_process(shards, classes, tmp_path):
+    table = tmp_path / "classes.json"
+    table.write_text(json.dumps([{"index": c.index, "wnid": c.wnid, "common_name": c.name} for c in classes]))
+    env = {**os.environ, "DSI_BENCH_IMAGENET_CLASSES": str(table), "OMP_NUM_THREADS": "1"}
+    args = ["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root", str(shards),
+            "--classes", "0-2", "--workers", "0", "--batch-size", "16", "-q"]
+    one = subprocess.run([sys.executable, "-m", "dsi_bench.cli", *args, "--results", str(tmp_path / "one.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    import socket
+
+    with socket.socket() as sock:  # the process group needs a real port (0 is not passed on to the ranks)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(port), "-m", "dsi_bench.cli", *args, "--results", str(tmp_path / "two.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = Results.load(tmp_path / "one.json"), Results.load(tmp_path / "two.json")
+    assert a.shifts == b.shifts and a.shifts["in_the_snow"]["top1"] == 0.7
