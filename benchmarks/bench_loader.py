@@ -59,6 +59,23 @@ def make_release(root: Path, n_images: int, seed: int = 0) -> tuple[list[str], P
     return wnids, masks
 
 
+def prepare_shards(work: Path, n_images: int, samples_per_shard: int):
+    """The release-style folder (made once per ``work``), its class list, and the converted shards."""
+    from dsi_bench.release import convert_release
+    from dsi_bench.testing import fake_imagenet_classes
+
+    release = work / "release"
+    if not (release / "masks.npz").is_file():
+        wnids, masks = make_release(release, n_images)
+    else:
+        wnids, masks = sorted(p.name for p in (release / "base").iterdir()), release / "masks.npz"
+    classes = fake_imagenet_classes(wnids)
+    shards = work / "shards"
+    convert_release(release, shards, masks=masks, class_list=classes, classes=list(range(len(wnids))),
+                    samples_per_shard=samples_per_shard, progress=False)
+    return release, wnids, masks, classes, shards
+
+
 def transform():
     from torchvision import transforms as T
 
@@ -95,19 +112,9 @@ def main(argv=None) -> dict:
     from torchvision.datasets import ImageFolder
 
     from dsi_bench.datasets import ShiftedImageNet
-    from dsi_bench.release import convert_release
-    from dsi_bench.testing import fake_imagenet_classes
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dsi-bench-loader-"))
-    release = work / "release"
-    if not (release / "masks.npz").is_file():
-        wnids, masks = make_release(release, args.images)
-    else:
-        wnids, masks = sorted(p.name for p in (release / "base").iterdir()), release / "masks.npz"
-    classes = fake_imagenet_classes(wnids)
-    shards = work / "shards"
-    convert_release(release, shards, masks=masks, class_list=classes, classes=list(range(len(wnids))),
-                    samples_per_shard=250, progress=False)
+    release, wnids, masks, classes, shards = prepare_shards(work, args.images, 250)
     tf = transform()
     keep = np.load(masks)["base"][: len(wnids) * 50]
     kept = np.flatnonzero(keep).tolist()

@@ -310,13 +310,17 @@ def _cmd_leaderboard(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .folders import run_demo, run_demo_shards
+    from .folders import run_demo, run_demo_eval, run_demo_shards
 
     _print_table(run_demo(args.out, progress=not args.quiet))
     summary, report = run_demo_shards(args.out, progress=not args.quiet)
     print(f"\nThe same samples as WebDataset shards ({summary.out}):")
     _print_manifest_table(summary)
     print(report)
+    results, board = run_demo_eval(args.out, progress=not args.quiet)
+    print(f"\nThe harness on those shards, {results['model']['name']} (a random 1000-way CNN, so about 0%):")
+    print(results.table())
+    print(f"leaderboard of 3 tiny models: {board['md']} (and .csv, .html, {len(board['plots'])} plots)")
     print("\nThese images come from a tiny pipeline with RANDOM weights (no model can be downloaded here):")
     print("they exercise every code path, not the method. Use --model/--tokens with real ones for real images.")
     return 0

@@ -163,7 +163,7 @@ class ShiftedImageNet(VisionDataset):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise SpecError(f"seed={seed!r} must be a non-negative integer")
         self.source = source
-        self.shift = get_shift(shift)
+        self.shift = self._shift_of(shift, source, root)
         self.class_list = class_list if class_list is not None else imagenet_classes()
         self.seed = seed
         self.fast_decode = fast_decode
@@ -200,6 +200,28 @@ class ShiftedImageNet(VisionDataset):
             self.per_class = per_class
             self.class_indices = None if classes is None else self.class_list.resolve(classes)
             self._open_prebuilt(root, masks, missing)
+
+    @staticmethod
+    def _shift_of(shift, source: str, root) -> Shift:
+        """The shift; for shards, an id the folder holds (custom ones too) is taken as it is."""
+        if source == "shards" and isinstance(shift, str) and root is not None and "<" not in shift:
+            from .shards import ShardSet
+
+            try:
+                direct = get_shift(shift)
+                if direct.id == shift:
+                    return direct
+            except Exception:  # noqa: BLE001 - a near-miss of a catalog name; maybe a custom id below
+                direct = None
+
+            try:
+                shards = ShardSet(root)
+            except Exception:  # noqa: BLE001 - reported properly when the source is opened
+                return get_shift(shift)
+            for s in shards.plan.get("shifts", []):
+                if s.get("id") == shift and s.get("template"):
+                    return get_shift(s["template"])
+        return get_shift(shift)
 
     # ------------------------------------------------------------------ prebuilt sources
     def _open_prebuilt(self, root, masks, missing) -> None:

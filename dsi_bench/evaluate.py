@@ -33,23 +33,27 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_shifts(shifts, source: str, root) -> list[str]:
-    """Shift ids to evaluate: ``"all"`` (what the source holds), a comma list, or a sequence; base first."""
+    """Shift ids to evaluate: ``"all"`` (what the source holds), a comma list, or a sequence; base first.
+
+    Ids the source holds (custom ones included) are taken as they are; other names go through
+    :func:`~dsi_bench.shifts.get_shift`.
+    """
     from .shifts import get_shift, list_shifts
 
+    available: list[str] = []
+    if source == "shards" and root is not None:
+        from .shards import ShardSet
+
+        available = ShardSet(root).shifts
+    elif source == "imagenet-star" and root is not None:
+        from .release import release_shifts
+
+        available = release_shifts(root)
     if shifts is None or shifts == "all":
-        if source == "shards":
-            from .shards import ShardSet
-
-            ids = ShardSet(root).shifts
-        elif source == "imagenet-star":
-            from .release import release_shifts
-
-            ids = release_shifts(root)
-        else:
-            ids = [s.id for s in list_shifts()]
+        ids = available if source in ("shards", "imagenet-star") else [s.id for s in list_shifts()]
     else:
         names = [s.strip() for s in shifts.split(",")] if isinstance(shifts, str) else list(shifts)
-        ids = [get_shift(s).id for s in names if s]
+        ids = [s if s in available else get_shift(s).id for s in names if s]
     if not ids:
         raise DsiBenchError(f"source {source!r} at {root!r} holds no shifts to evaluate")
     ids = list(dict.fromkeys(ids))

@@ -24,7 +24,7 @@ from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
 from .tokens import TokenBank
 
-__all__ = ["generate_folder", "run_demo", "run_demo_shards"]
+__all__ = ["generate_folder", "run_demo", "run_demo_eval", "run_demo_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,3 +171,24 @@ def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = Tru
                            tokens=out / "tiny-tokens.safetensors", cache_dir=out / "cache", image_format="png",
                            samples_per_shard=10, progress=progress)
     return summary, verify_shards(out / "shards")
+
+
+def run_demo_eval(out: str | os.PathLike = "demo_out", *, progress: bool = True):
+    """Evaluate three tiny random classifiers on the demo shards; write results and a leaderboard.
+
+    Returns:
+        ``(results of the first model, leaderboard paths)``.
+    """
+    from .evaluate import evaluate
+    from .leaderboard import make_leaderboard
+    from .testing import tiny_classifier
+
+    out = Path(out)
+    first = None
+    for name, seed, width in (("tiny-cnn-a", 0, 8), ("tiny-cnn-b", 1, 16), ("tiny-cnn-c", 2, 4)):
+        module, transform = tiny_classifier(seed=seed, width=width)
+        results = evaluate(module, "all", source="shards", root=out / "shards", transform=transform, name=name,
+                           num_workers=0, progress=progress)
+        results.save(out / "results" / f"{name}.json")
+        first = first or results
+    return first, make_leaderboard(out / "results", out / "leaderboard")

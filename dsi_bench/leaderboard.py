@@ -133,13 +133,14 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True) -> 
         if len({r["shifts_evaluated"] for r in rows}) > 1:
             md += ["Note: these models were evaluated on different sets of shifts; their means cover different "
                    "shifts.", ""]
-        cols = ["#", "model", "mean", "base", "worst shift", *shifts]
+        shown = [s for s in shifts if s != "base"]  # base has its own column
+        cols = ["#", "model", "mean", "base", "worst shift", *shown]
         md.append("| " + " | ".join(cols) + " |")
         md.append("|" + "|".join("---" for _ in cols) + "|")
         for r in rows:
             worst = f"{r['worst_shift']} ({_pct(r['worst_top1'])})" if r["worst_shift"] else "–"
             md.append("| " + " | ".join([str(r["rank"]), r["model"].replace("|", "\\|"), _pct(r["mean_top1"]),
-                                         _pct(r["base_top1"]), worst, *[_pct(r[s]) for s in shifts]]) + " |")
+                                         _pct(r["base_top1"]), worst, *[_pct(r[s]) for s in shown]]) + " |")
             writer.writerow([gi + 1, r["rank"], r["model"], r["mean_top1"], r["base_top1"], r["worst_shift"],
                              r["worst_top1"], r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, r["file"]])
         md.append("")
@@ -155,7 +156,7 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True) -> 
 
 def _html_table(title, source, fingerprint, rows, shifts, gi) -> str:
     cols = [("#", "rank"), ("model", "model"), ("mean", "mean_top1"), ("base", "base_top1"),
-            ("worst shift", "worst_shift"), ("worst", "worst_top1")] + [(s, s) for s in shifts]
+            ("worst shift", "worst_shift"), ("worst", "worst_top1")] + [(s, s) for s in shifts if s != "base"]
     head = "".join(f'<th onclick="sortTable({gi},{i})">{html.escape(c)}</th>' for i, (c, _) in enumerate(cols))
     body = []
     for r in rows:

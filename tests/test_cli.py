@@ -19,7 +19,8 @@ def test_shifts_command(capsys):
 def test_every_command_help_shows_an_example():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) >= {"shifts", "generate", "tokens", "demo", "build", "verify", "convert"}
+    assert set(sub.choices) >= {"shifts", "generate", "tokens", "demo", "build", "verify", "convert", "eval", "score",
+                                "leaderboard"}
     for name, p in sub.choices.items():
         assert "example:" in p.format_help() and f"dsi-bench {name}" in p.format_help(), name
 
@@ -80,6 +81,10 @@ def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
     (["verify", "{tmp}"], "no manifest.json"),
     (["convert", "{tmp}/nowhere", "--out", "{tmp}/o"], "does not exist"),
     (["convert", "{tmp}", "--out", "{tmp}/o"], "no shifts found"),
+    (["eval", "--model", "torchvision:resnet5", "--root", "{tmp}"], "Did you mean 'resnet50'"),
+    (["eval", "--model", "torchvision:resnet18", "--weights", "none", "--root", "{tmp}/nowhere"], "does not exist"),
+    (["score", "{tmp}/nowhere.csv"], "does not exist"),
+    (["leaderboard", "{tmp}", "--out", "{tmp}/board"], "no dsi-bench results files"),
     (["convert", "{tmp}", "--shifts", "base", "--out", "{tmp}/o", "--masks", "{tmp}/m.npy"], "mask file"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, message, tmp_path, capsys):
@@ -212,3 +217,50 @@ def test_loader_benchmark_runs(tmp_path):
     names = [r["name"] for r in result["rows"]]
     assert names[0] == "bare loop" and "shards, stream" in names
     assert len({r["images"] for r in result["rows"]}) == 1  # every reader saw the same kept samples
+
+
+def test_eval_score_leaderboard_commands(tmp_path, capsys):
+    from dsi_bench.release import convert_release
+    from dsi_bench.testing import fake_imagenet_classes, make_fake_release
+
+    wnids = ("n01440764", "n01443537")
+    classes = fake_imagenet_classes(wnids)
+    release = make_fake_release(tmp_path / "rel", shifts=("base", "in_the_snow"), wnids=wnids, size=16, pattern=True)
+    convert_release(release, tmp_path / "shards", class_list=classes, classes="0-1", progress=False)
+    table = tmp_path / "classes.json"
+    table.write_text(json.dumps([{"index": c.index, "wnid": c.wnid, "common_name": c.name} for c in classes]))
+    import os
+
+    os.environ["DSI_BENCH_IMAGENET_CLASSES"] = str(table)
+    try:
+        board = tmp_path / "results"
+        assert main(["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
+                     str(tmp_path / "shards"), "--workers", "0", "--name", "oracle", "-q",
+                     "--results", str(board / "oracle.json"), "--predictions", str(tmp_path / "p.csv")]) == 0
+        out = capsys.readouterr().out
+        assert "in_the_snow  100   70.0" in out and "results:" in out
+        assert main(["score", str(tmp_path / "p.csv"), "--source", "shards", "--root", str(tmp_path / "shards"),
+                     "--name", "submission", "--results", str(board / "submission.json")]) == 0
+        assert "in_the_snow  100   70.0" in capsys.readouterr().out
+        assert main(["leaderboard", str(board), "--out", str(tmp_path / "board")]) == 0
+        assert "leaderboard.html" in capsys.readouterr().out
+        assert main(["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
+                     str(tmp_path / "shards"), "--shifts", "in the fog", "-q"]) == 2
+        assert "'in_the_fog' is not in" in capsys.readouterr().err
+    finally:
+        del os.environ["DSI_BENCH_IMAGENET_CLASSES"]
+
+
+def test_eval_benchmark_runs(tmp_path):
+    """The harness-overhead benchmark stays runnable (50 images, one pass each; not a timing)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval.py"
+    spec = importlib.util.spec_from_file_location("bench_eval", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--model", "mobilenet_v3_small",
+                         "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert [r["name"] for r in result["rows"]] == ["bare loop", "dsi_bench.evaluate"]
+    assert result["rows"][0]["images"] == result["rows"][1]["images"] == 50

@@ -274,3 +274,29 @@ def test_torchrun_evaluation_equals_one_process(shards, classes, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = Results.load(tmp_path / "one.json"), Results.load(tmp_path / "two.json")
     assert a.shifts == b.shifts and a.shifts["in_the_snow"]["top1"] == 0.7
+
+
+def test_timm_spec_when_installed():
+    pytest.importorskip("timm")
+    m = load_model("timm:resnet18", weights="none")
+    assert m.num_outputs == 1000 and "timm data config" in m.preprocessing
+    with pytest.raises(SpecError, match="timm has no model 'resnet1'"):
+        load_model("timm:resnet1")
+
+
+def test_empty_selection_is_an_error(release, classes, tmp_path):
+    from dsi_bench.errors import DsiBenchError
+
+    masks = tmp_path / "none.npz"
+    np.savez(masks, base=np.zeros(50_000, bool))
+    with pytest.raises(DsiBenchError, match="no samples to evaluate"):
+        evaluate(oracle_classifier()[0], "base", source="imagenet-star", root=release, classes="0-2",
+                 class_list=classes, masks=masks, transform=oracle_classifier()[1], progress=False, num_workers=0)
+
+
+def test_score_without_a_source_takes_labels_from_keys(tmp_path, classes):
+    path = tmp_path / "p.csv"
+    path.write_text("key,prediction\nbase/0000/00,0\nbase/0001/00,0\nbase/n01484850/00.jpg,2\n")
+    r = score_predictions(path, class_list=classes)
+    assert r.shifts["base"]["n"] == 3 and r.shifts["base"]["correct"] == 2
+    assert r["data"]["fingerprint"] is None

@@ -45,3 +45,8 @@ def test_demo_runs_offline(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "in_the_snow" in out and "RANDOM weights" in out
     assert len(list((tmp_path / "demo" / "images" / "oil_painting").rglob("*.png"))) == 20
+    assert "all 10 shards (100 samples) match" in out
+    assert "The harness on those shards" in out and "McNemar p" in out
+    board = tmp_path / "demo" / "leaderboard"
+    assert (board / "leaderboard.html").is_file() and len(list((board / "plots").glob("*.png"))) == 5
+    assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 3
