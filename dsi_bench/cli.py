@@ -239,6 +239,12 @@ def _cmd_convert(args) -> int:
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate
 
+    synth = {}
+    if args.source == "synth":
+        from .pipeline import PipelineSpec
+
+        synth = {"pipeline": PipelineSpec(model=args.generator, steps=args.steps, device=args.gen_device or "cpu"),
+                 "tokens": None if args.tokens.lower() == "none" else args.tokens, "seed": args.seed}
     results = evaluate(
         args.model,
         shifts=args.shifts,
@@ -257,8 +263,18 @@ def _cmd_eval(args) -> int:
         amp=args.amp,
         predictions=args.predictions,
         progress=not args.quiet,
+        class_list=_class_list(args.class_list),
+        **synth,
     )
     return _report_results(results, args.results)
+
+
+def _class_list(path):
+    if not path:
+        return None
+    from .classes import ClassList
+
+    return ClassList.from_file(path)
 
 
 def _masks_arg(text):
@@ -463,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default=None, help="masks.npy/.npz path, or 'release' (fetch; shards: recorded flags)")
     p.add_argument("--class-map", default=None, help="JSON list: the label index, WordNet id or name of each output")
     p.add_argument("--restrict", action="store_true", help="predict only among the evaluated classes")
+    p.add_argument("--class-list", default=None,
+                   help="label space other than ImageNet-1k: .txt (one name per line) or .json class list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (default: cpu)")
@@ -470,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="write the results JSON here")
     p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("generation (--source synth)")
+    from .pipeline import DEFAULT_MODEL
+
+    g.add_argument("--generator", default=DEFAULT_MODEL, help="diffusers folder or Hub id (default: %(default)s)")
+    g.add_argument("--tokens", default="imagenet-star", help="class tokens (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's)")
+    g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    g.add_argument("--gen-device", default=None, help="device for generation (default: cpu)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(

@@ -300,3 +300,19 @@ def test_score_without_a_source_takes_labels_from_keys(tmp_path, classes):
     r = score_predictions(path, class_list=classes)
     assert r.shifts["base"]["n"] == 3 and r.shifts["base"]["correct"] == 2
     assert r["data"]["fingerprint"] is None
+
+
+def test_synthesized_source(tiny_model, tiny_tokens, capsys):
+    from dsi_bench.cli import main
+
+    module, transform = tiny_classifier()
+    from dsi_bench.pipeline import PipelineSpec
+
+    spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
+    r = evaluate(module, "base,in the snow", source="synth", classes="0-1", per_class=2, transform=transform,
+                 pipeline=spec, tokens=tiny_tokens, cache_dir=False, progress=False)
+    assert r.shifts["in_the_snow"]["pairs"] == 4 and r.shifts["base"]["n"] == 4
+    assert main(["eval", "--model", "dsi_bench.testing:tiny_classifier", "--source", "synth", "--shifts", "base",
+                 "--classes", "0-1", "--per-class", "2", "--generator", str(tiny_model), "--tokens", str(tiny_tokens),
+                 "--steps", "2", "-q"]) == 0
+    assert "base" in capsys.readouterr().out
