@@ -325,6 +325,56 @@ def _cmd_leaderboard(args) -> int:
     return 0
 
 
+def _cmd_learn_tokens(args) -> int:
+    from .learn import learn_tokens
+    from .pipeline import PipelineSpec
+
+    bank = learn_tokens(
+        args.data,
+        classes=args.classes,
+        spec=PipelineSpec(model=args.model, revision=args.revision, device=args.device, dtype=args.dtype),
+        preset=args.preset,
+        steps=args.steps,
+        lr=args.lr,
+        resolution=args.resolution,
+        classes_per_batch=args.classes_per_batch,
+        seed=args.seed,
+        out=args.out,
+        max_steps_this_run=args.max_steps,
+        progress=not args.quiet,
+    )
+    done = bank.extra["training"]["steps_done"]
+    total = bank.extra["training"]["steps"]
+    finished = sum(1 for v in done.values() if v >= total)
+    print(f"{bank}: {finished} of {len(done)} classes finished ({total} steps each); wrote {args.out}")
+    if finished < len(done):
+        print("rerun the same command to continue the unfinished classes")
+    return 0
+
+
+def _cmd_clip_filter(args) -> int:
+    from .clip_metric import clip_filter_shards
+
+    out = clip_filter_shards(
+        args.dir,
+        model=args.clip,
+        tokens=None if args.tokens in (None, "none") else args.tokens,
+        use_tokens=False if args.class_names else None,
+        object_threshold=args.object_threshold,
+        shift_margin=args.shift_margin,
+        device=args.device,
+        batch_size=args.batch_size,
+        scores_path=args.scores,
+        masks_path=args.masks,
+        progress=not args.quiet,
+    )
+    print(f"scored with {out['text']}; kept per shift:")
+    for shift, (kept, n) in out["kept"].items():
+        print(f"  {shift:24s} {kept:7d} of {n:7d}")
+    print(f"scores: {out['scores']}\nmasks:  {out['masks']} (use with --masks / masks=)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .folders import run_demo, run_demo_eval, run_demo_shards
 
@@ -528,6 +578,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser(
+        "learn-tokens",
+        help="learn one token per class of an image dataset (textual inversion)",
+        formatter_class=_formatter,
+        description="DATA is an ImageFolder-style folder (one folder per class) or a dataset saved with "
+        "datasets.save_to_disk (image and label columns). Reruns continue unfinished classes.",
+        epilog=_example("""
+            dsi-bench learn-tokens --data my_dataset/ --model ./sd2 --out my_tokens.safetensors --device cuda
+            dsi-bench learn-tokens --data my_dataset/ --model ./sd2 --out t.safetensors --preset reference
+        """),
+    )
+    from .pipeline import DEFAULT_MODEL
+
+    p.add_argument("--data", required=True, help="ImageFolder-style folder or a saved Hugging Face dataset")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers folder or Hub id (default: %(default)s)")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--out", required=True, help="token bank to write (.safetensors); resumes if it exists")
+    p.add_argument("--classes", default=None, help="only these classes (default: all)")
+    p.add_argument("--preset", choices=("fast", "reference"), default="fast",
+                   help="fast: 1000 steps, lr 2e-3, 512 px (default); reference: 3000 steps, lr 5e-4, 768 px")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (rerun to continue)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (default: cpu)")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), float32, float16, bfloat16")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_learn_tokens)
+
+    p = sub.add_parser(
+        "clip-filter",
+        help="score shards with CLIP (object present? shift present?) and write keep/drop masks",
+        formatter_class=_formatter,
+        epilog=_example("""
+            dsi-bench clip-filter shards/ --tokens tokens.zip --device cuda
+            dsi-bench eval --model torchvision:resnet50 --root shards/ --masks shards/clip_masks.npz
+        """),
+    )
+    from .clip_metric import DEFAULT_CLIP, OBJECT_THRESHOLD, SHIFT_MARGIN
+
+    p.add_argument("dir", help="shard folder")
+    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model folder or Hub id (default: %(default)s)")
+    p.add_argument("--tokens", default=None, help="the bank the shards were generated with (default: class names)")
+    p.add_argument("--class-names", action="store_true", help="score with class names even if tokens fit")
+    p.add_argument("--object-threshold", type=float, default=OBJECT_THRESHOLD, help="default: %(default)s")
+    p.add_argument("--shift-margin", type=float, default=SHIFT_MARGIN, help="default: %(default)s")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--scores", default=None, help="scores sidecar (default: DIR/clip_scores.npz)")
+    p.add_argument("--masks", default=None, help="masks file (default: DIR/clip_masks.npz)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_clip_filter)
 
     p = sub.add_parser(
         "tokens",

@@ -24,6 +24,7 @@ __all__ = [
     "tiny_classifier",
     "TINY_CROSS_ATTENTION_DIM",
     "build_tiny_tokenizer",
+    "save_tiny_clip",
     "save_tiny_pipeline",
     "save_tiny_tokens",
 ]
@@ -318,3 +319,29 @@ def oracle_classifier():
             return logits
 
     return Oracle(), T.ToTensor()
+
+
+def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny real ``CLIPModel`` + ``CLIPProcessor`` (32 px images; text width 32, like the tiny
+    pipeline's text encoder, so tiny token banks can be scored as tokens), saved to ``path``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = build_tiny_tokenizer()
+        config = CLIPConfig(
+            text_config={"vocab_size": len(tokenizer), "hidden_size": TINY_CROSS_ATTENTION_DIM,
+                         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+            projection_dim=16,
+        )
+        model = CLIPModel(config).eval()
+    model.save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path

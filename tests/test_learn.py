@@ -100,3 +100,21 @@ def test_bad_training_data(folder, tmp_path, spec):
              (folder / "goldfish" / "2.png", "goldfish")]
     data = load_training_data(pairs)
     assert data.classes.names == ["goldfish", "tench"] and len(data.items[0]) == 2 and len(data.items[1]) == 1
+
+
+def test_cli_and_a_bank_of_another_width(folder, tiny_model, tmp_path, capsys):
+    from dsi_bench.cli import main
+    from dsi_bench.errors import TokenBankError
+    from dsi_bench.testing import save_tiny_tokens
+
+    out = tmp_path / "t.safetensors"
+    assert main(["learn-tokens", "--data", str(folder), "--model", str(tiny_model), "--out", str(out),
+                 "--steps", "3", "--resolution", "32", "--classes", "0-1", "-q"]) == 0
+    assert "2 of 2 classes finished (3 steps each)" in capsys.readouterr().out
+    assert TokenBank.load(out).tokens == ["<goldfish-0>", "<great white shark-1>"]
+    wide = save_tiny_tokens(tmp_path / "wide.safetensors", num_classes=3, dim=64)
+    with pytest.raises(TokenBankError, match="holds 64-d tokens but .* needs 32-d"):
+        learn_tokens(folder, base_model=str(tiny_model), steps=2, resolution=32, out=wide, progress=False)
+    assert main(["learn-tokens", "--data", str(tmp_path / "nowhere"), "--model", str(tiny_model), "--out",
+                 str(out), "-q"]) == 2
+    assert "does not exist" in capsys.readouterr().err
