@@ -229,6 +229,13 @@ def learn_tokens(
     if not isinstance(classes_per_batch, int) or classes_per_batch <= 0:
         raise SpecError(f"classes_per_batch={classes_per_batch!r} must be a positive integer")
     spec = (spec or PipelineSpec()).replace(model=base_model, device=device, dtype=dtype)
+    rank, world = _rank_world()
+    if world > 1:
+        if out is None:
+            raise SpecError("learning tokens on several processes (torchrun) needs out= (--out): each rank saves "
+                            "its classes there and the last to finish merges them")
+        if spec.device == "cuda":
+            spec = spec.replace(device=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     check_model(spec.model)
     train = load_training_data(data, classes)
     class_ids = sorted(train.items)
@@ -259,7 +266,8 @@ def learn_tokens(
     init = torch.stack(init)
 
     # ---- resume
-    bank_path = Path(out) if out else None
+    final_path = Path(out) if out else None
+    bank_path = _rank_path(final_path, rank, world) if final_path else None
     state_path = bank_path.with_suffix(".state.safetensors") if bank_path else None
     rows = init.clone()
     done = {c: 0 for c in class_ids}
@@ -288,11 +296,13 @@ def learn_tokens(
         raise TokenBankError("the tokenizer did not give the new tokens consecutive ids; report this with the model")
     vae_scale = vae.config.scaling_factor
     total = cfg["steps"]
-    todo = [c for c in class_ids if done[c] < total]
     budget = max_steps_this_run if max_steps_this_run is not None else math.inf
-    groups = [todo[i : i + classes_per_batch] for i in range(0, len(todo), classes_per_batch)]
-    bar = tqdm(total=sum(total - done[c] for c in todo), desc="learn-tokens", unit="class-step",
-               disable=not progress, dynamic_ncols=True)
+    # Groups are fixed by the class list (not by what is left), so ranks and reruns agree on them.
+    groups = [class_ids[i : i + classes_per_batch] for i in range(0, len(class_ids), classes_per_batch)]
+    groups = [[c for c in g if done[c] < total] for g in groups[rank::world]]
+    groups = [g for g in groups if g]
+    bar = tqdm(total=sum(total - done[c] for g in groups for c in g), desc="learn-tokens", unit="class-step",
+               disable=not progress or rank != 0, dynamic_ncols=True)
     amp = spec.device_type == "cuda" and spec.torch_dtype != torch.float32
     param = torch.nn.Parameter(rows.to(spec.device))
     text_encoder.set_input_embeddings(_new_token_embedding(table, first_new, param))
@@ -421,12 +431,56 @@ def learn_tokens(
                 eval_after[tuple(group)] = held_out_loss(group, latents)
             save(_opt_tensors(opts), gens)
     bank = bank_now(done)
+    if world > 1:
+        merged = _merge_ranks(final_path, world, class_ids, classes_per_batch, total)
+        bank = merged if merged is not None else bank
     if eval_draws:
         bank.extra["training"]["held_out_loss"] = {
             "before": float(sum(eval_before.values()) / len(eval_before)),
             "after": float(sum(eval_after.values()) / len(eval_after)), "draws_per_class": eval_draws}
     text_encoder.set_input_embeddings(table)
     return bank
+
+
+def _rank_world() -> tuple[int, int]:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return 0, 1
+
+
+def _rank_path(path: Path, rank: int, world: int) -> Path:
+    return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
+
+
+def _merge_ranks(final: Path, world: int, class_ids: list[int], classes_per_batch: int, total: int):
+    """Write the merged bank once every rank has finished its classes (any rank may; same bytes)."""
+    from .tokens import TokenBank
+
+    groups = [class_ids[i : i + classes_per_batch] for i in range(0, len(class_ids), classes_per_batch)]
+    owner = {c: gi % world for gi, g in enumerate(groups) for c in g}
+    banks = {}
+    for r in range(world):
+        path = _rank_path(final, r, world)
+        if not path.is_file():
+            return None
+        banks[r] = TokenBank.load(path)
+    steps_done = {}
+    for c in class_ids:
+        n = int(banks[owner[c]].extra["training"]["steps_done"].get(str(c), 0))
+        if n < total:
+            return None  # another rank is still training
+        steps_done[str(c)] = n
+    first = banks[0]
+    rows = [banks[owner[c]].embedding(c) for c in class_ids]
+    import torch
+
+    training = {**first.extra["training"], "steps_done": steps_done, "ranks": world, "losses_this_run": []}
+    merged = TokenBank(torch.stack(rows), [first.classes[first._row[c]] for c in class_ids],
+                       [first.token_for(c) for c in class_ids], base_model=first.base_model,
+                       extra={"training": training})
+    merged.save(final)
+    return merged
 
 
 def _opt_tensors(opts: dict) -> dict:

@@ -118,3 +118,40 @@ def test_cli_and_a_bank_of_another_width(folder, tiny_model, tmp_path, capsys):
     assert main(["learn-tokens", "--data", str(tmp_path / "nowhere"), "--model", str(tiny_model), "--out",
                  str(out), "-q"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_torchrun_ranks_split_the_classes(folder, tiny_model, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ranks.safetensors"
+    args = ["learn-tokens", "--data", str(folder), "--model", str(tiny_model), "--out", str(out), "--steps", "4",
+            "--resolution", "32", "--classes-per-batch", "1", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(port), "-m", "dsi_bench.cli", *args], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    merged = TokenBank.load(out)
+    assert merged.extra["training"]["steps_done"] == {"0": 4, "1": 4, "2": 4} and merged.extra["training"]["ranks"] == 2
+    alone = learn_tokens(folder, base_model=str(tiny_model), steps=4, resolution=32, classes_per_batch=1,
+                         progress=False)
+    assert torch.allclose(merged.embeddings, alone.embeddings, atol=1e-4)
+
+
+def test_hugging_face_dataset_input(folder, tmp_path):
+    import datasets
+
+    images = [Image.open(p).convert("RGB") for p in sorted((folder / "tench").iterdir())]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["tench", "koi"])})
+    ds = datasets.Dataset.from_dict({"image": images + images[:1], "label": [0, 0, 0, 1]}, features=features)
+    data = load_training_data(ds)
+    assert data.classes.names == ["tench", "koi"] and [len(data.items[c]) for c in (0, 1)] == [3, 1]
+    ds.save_to_disk(str(tmp_path / "saved"))
+    again = load_training_data(tmp_path / "saved", classes="koi")
+    assert list(again.items) == [1] and len(again.items[1]) == 1
