@@ -148,13 +148,7 @@ def test_unwritable_output_folder(tiny_model, tmp_path, capsys):
 
 def test_generation_benchmark_runs(tmp_path):
     """The benchmark script stays runnable (a tiny, 2-step smoke run; not a timing)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generate.py"
-    spec = importlib.util.spec_from_file_location("bench_generate", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("bench_generate")
     out = tmp_path / "r.json"
     result = bench.main(["--images", "2", "--steps", "2", "--batch-sizes", "1,2", "--out-size", "0",
                          "--work", str(tmp_path), "--out", str(out)])
@@ -205,13 +199,7 @@ def test_build_verify_convert_commands(tiny_model, tiny_tokens, tmp_path, capsys
 
 def test_loader_benchmark_runs(tmp_path):
     """The loader benchmark stays runnable (50 images, one pass; not a timing)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loader.py"
-    spec = importlib.util.spec_from_file_location("bench_loader", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("bench_loader")
     result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--work", str(tmp_path),
                          "--out", str(tmp_path / "r.json")])
     names = [r["name"] for r in result["rows"]]
@@ -253,13 +241,7 @@ def test_eval_score_leaderboard_commands(tmp_path, capsys):
 
 def test_eval_benchmark_runs(tmp_path):
     """The harness-overhead benchmark stays runnable (50 images, one pass each; not a timing)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval.py"
-    spec = importlib.util.spec_from_file_location("bench_eval", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("bench_eval")
     result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--model", "mobilenet_v3_small",
                          "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
     assert [r["name"] for r in result["rows"]] == ["bare loop", "dsi_bench.evaluate"]
@@ -268,14 +250,19 @@ def test_eval_benchmark_runs(tmp_path):
 
 def test_tokens_benchmark_runs(tmp_path):
     """The token-learning benchmark stays runnable (2 steps; not a timing)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tokens.py"
-    spec = importlib.util.spec_from_file_location("bench_tokens", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("bench_tokens")
     result = bench.main(["--steps", "2", "--classes", "2", "--images", "2", "--work", str(tmp_path),
                          "--out", str(tmp_path / "r.json")])
     assert [r["classes"] for r in result["rows"]] == [1, 1, 2]
     assert all(r["class_steps_per_s"] > 0 for r in result["rows"])
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
