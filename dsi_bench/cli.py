@@ -375,6 +375,20 @@ def _cmd_clip_filter(args) -> int:
     return 0
 
 
+def _cmd_publish(args) -> int:
+    from .hub import publish
+
+    result = publish(args.dir, args.repo, fmt=args.format, private=args.private, dry_run=args.dry_run,
+                     force=args.force, endpoint=args.endpoint, license_id=args.license, progress=not args.quiet)
+    counts = ", ".join(f"{s} {n}" for s, n in result["shifts"].items())
+    if result["uploaded"]:
+        print(f"published {result['url']} ({result['format']}; {counts})")
+    else:
+        print(f"dry run: wrote what would be uploaded to {result['out']} ({result['format']}; {counts}); "
+              "nothing was uploaded")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .folders import run_demo, run_demo_eval, run_demo_shards
 
@@ -521,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a TorchScript .pt")
     p.add_argument("--weights", default=None, help="DEFAULT, an enum/tag name, none, or a checkpoint path")
     p.add_argument("--name", default=None, help="display name (default: spec and weights)")
-    p.add_argument("--source", choices=("shards", "imagenet-star", "synth"), default="shards")
+    p.add_argument("--source", choices=("shards", "imagenet-star", "hub", "synth"), default="shards")
     p.add_argument("--root", default=None, help="shard folder/URL or release folder")
     p.add_argument("--shifts", default="all", help="all (default) or a comma list, e.g. base,in_the_snow")
     p.add_argument("--classes", default=None, help="evaluate only these classes (e.g. 0-99)")
@@ -633,6 +647,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default=None, help="masks file (default: DIR/clip_masks.npz)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_clip_filter)
+
+    p = sub.add_parser(
+        "publish",
+        help="publish a shard folder as a Hugging Face dataset (one config per shift)",
+        formatter_class=_formatter,
+        description="Writes data/{shift}/..., README.md (dataset card with configs, features and the generation "
+        "settings) and manifest.json, then uploads them. The token comes from HF_TOKEN or `hf auth login`.",
+        epilog=_example("""
+            dsi-bench publish shards/ --repo my-lab/imagenet-star-snow --dry-run staged/
+            dsi-bench publish shards/ --repo my-lab/imagenet-star-snow --format parquet --private
+        """),
+    )
+    p.add_argument("dir", help="shard folder with manifest.json")
+    p.add_argument("--repo", required=True, help="USER/NAME of the dataset repository")
+    p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", metavar="OUT_DIR", default=None, help="write what would be uploaded; upload nothing")
+    p.add_argument("--force", action="store_true", help="replace a repository that holds another plan")
+    p.add_argument("--license", default=None, help="card license (default: mit for ImageNet*, openrail++ for SD2)")
+    p.add_argument("--endpoint", default=None, help="another Hub endpoint (default: huggingface.co)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser(
         "tokens",

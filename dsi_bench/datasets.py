@@ -9,6 +9,8 @@ Sources:
   or an fsspec URL), with random access through a cached tar-offset index, or streaming
   through :meth:`ShiftedImageNet.stream`.
 * ``"imagenet-star"`` reads the public ImageNet* release (zips or folders) directly.
+* ``"hub"`` reads a set published with ``dsi-bench publish`` (a Hub repo id or a local export)
+  through ``datasets``.
 
 Samples are keyed ``{shift}/{class:04d}/{index:02d}`` in every source, so the same sample
 has the same key (and, for PNG shards, the same pixels) wherever it comes from.
@@ -36,7 +38,7 @@ __all__ = ["SOURCES", "ShiftedImageNet"]
 logger = logging.getLogger(__name__)
 
 #: Data sources ``ShiftedImageNet`` can read.
-SOURCES = ("synth", "shards", "imagenet-star")
+SOURCES = ("synth", "shards", "imagenet-star", "hub")
 
 
 def _range_summary(indices: Sequence[int]) -> str:
@@ -93,7 +95,7 @@ class ShiftedImageNet(VisionDataset):
             a phrase, or a :class:`~dsi_bench.shifts.Shift`.
         source: where samples come from; one of :data:`SOURCES`.
         root: ``"shards"``: the shard folder or URL; ``"imagenet-star"``: the release folder
-            or zip; unused by ``"synth"``.
+            or zip; ``"hub"``: ``USER/NAME`` or a local export folder; unused by ``"synth"``.
         classes: which classes, e.g. ``"0-9,207"``, ``[1, 2]``, ``"goldfish"``; default all
             (prebuilt sources: all the source holds).
         per_class: samples per class (``"synth"``: default 50; prebuilt: at most this many,
@@ -204,6 +206,13 @@ class ShiftedImageNet(VisionDataset):
     @staticmethod
     def _shift_of(shift, source: str, root) -> Shift:
         """The shift; for shards, an id the folder holds (custom ones too) is taken as it is."""
+        import re
+
+        if source == "hub" and isinstance(shift, str) and re.fullmatch(r"[a-z0-9_]+-[0-9a-f]{8}", shift):
+            # a custom shift's id, as published: the template is in the samples' metadata
+            from .shifts import TOKEN
+
+            return Shift(shift, shift, TOKEN, "custom", source="custom")
         if source == "shards" and isinstance(shift, str) and root is not None and "<" not in shift:
             from .shards import ShardSet
 
@@ -232,6 +241,14 @@ class ShiftedImageNet(VisionDataset):
 
             self._store = ShardSet(root)
             self._store.shards(self.shift.id)  # fail now on an unknown shift
+            if masks is True:
+                self._masks = "flags"
+            elif masks not in (False, None):
+                self._masks = masks if isinstance(masks, Masks) else Masks.load(masks)
+        elif self.source == "hub":
+            from .hub import HubSet
+
+            self._store = HubSet(root, self.shift.id)
             if masks is True:
                 self._masks = "flags"
             elif masks not in (False, None):
@@ -273,7 +290,12 @@ class ShiftedImageNet(VisionDataset):
     def entries(self) -> list:
         """The selected samples' locations (prebuilt sources; built lazily, indexes cached)."""
         if self._entries is None:
-            raw = self._store.entries(self.shift.id) if self.source == "shards" else self._store.entries
+            if self.source == "shards":
+                raw = self._store.entries(self.shift.id)
+            elif self.source == "hub":
+                raw = self._store.entries(with_flags=self._masks == "flags")
+            else:
+                raw = self._store.entries
             chosen, masked, present, available = [], 0, set(), set()
             for e in raw:
                 available.add(e.label)
@@ -357,6 +379,8 @@ class ShiftedImageNet(VisionDataset):
         entry = self.entries[i]
         if self.source == "shards":
             return self._store.load_metadata(entry)
+        if self.source == "hub":
+            return self._store.metadata(entry.row)
         from .masks import Masks
 
         return self._store.metadata(entry, self._masks if isinstance(self._masks, Masks) else None)
@@ -378,7 +402,9 @@ class ShiftedImageNet(VisionDataset):
             out = []
             for i in indices:
                 entry = entries[int(i)]
-                out.append(self._finish(self._store.load_image(entry, draft), entry.label))
+                image = self._store.load_image(entry.row) if self.source == "hub" else \
+                    self._store.load_image(entry, draft)
+                out.append(self._finish(image, entry.label))
             return out
         requests = [self.request(int(i)) for i in indices]
         return [self._finish(s.image, s.request.class_index) for s in self.synthesizer.samples(requests)]

@@ -49,8 +49,12 @@ def resolve_shifts(shifts, source: str, root) -> list[str]:
         from .release import release_shifts
 
         available = release_shifts(root)
+    elif source == "hub" and root is not None:
+        import datasets
+
+        available = list(datasets.get_dataset_config_names(str(root)))
     if shifts is None or shifts == "all":
-        ids = available if source in ("shards", "imagenet-star") else [s.id for s in list_shifts()]
+        ids = available if source in ("shards", "imagenet-star", "hub") else [s.id for s in list_shifts()]
     else:
         names = [s.strip() for s in shifts.split(",")] if isinstance(shifts, str) else list(shifts)
         ids = [s if s in available else get_shift(s).id for s in names if s]
@@ -84,6 +88,10 @@ def _fingerprint(ds) -> str:
     elif ds.source == "imagenet-star":
         for e in ds._store.entries:
             h.update(f"{e.release_key}\0{e.size}\n".encode())
+    elif ds.source == "hub":
+        h.update(f"{ds._store.fingerprint}\n".encode())
+        for key, label in zip(ds.keys, ds.targets):
+            h.update(f"{key}:{label}\n".encode())
     else:
         s = ds.synthesizer
         plan = {"model": s.model_fingerprint, "tokens": None if s.tokens is None else s.tokens.fingerprint,
@@ -283,7 +291,7 @@ def evaluate(
                 raise DsiBenchError(f"shift {shift_id!r} of {source} {root!r} has no samples to evaluate "
                                     "(empty source, or every sample masked out)")
             fingerprints[shift_id] = _fingerprint(ds)
-            if source == "shards":
+            if source in ("shards", "hub"):
                 data_root = ds._store.fingerprint
             predictor = _Predictor(len(class_list), class_map, ds.class_indices if restrict else None)
             loader = DataLoader(ds.stream(return_key=True), batch_size=batch_size, num_workers=num_workers,

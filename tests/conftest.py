@@ -10,6 +10,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ["DSI_BENCH_CACHE"] = tempfile.mkdtemp(prefix="dsi-bench-test-cache-")
+# datasets caches local folders by name and config, not content: never reuse the user's cache.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="dsi-bench-test-datasets-")
 os.environ.pop("DSI_BENCH_IMAGENET_CLASSES", None)
 
 import pytest  # noqa: E402
