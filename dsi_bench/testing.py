@@ -10,9 +10,7 @@ Weights are random: the images are noise-like, but every code path is the real o
 from __future__ import annotations
 
 import io
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,45 +56,49 @@ def _tokenizer_corpus() -> list[str]:
 
 
 def build_tiny_tokenizer(vocab_size: int = 1000):
-    """A real ``CLIPTokenizer`` with a small byte-level BPE vocabulary trained in-process.
+    """A real ``CLIPTokenizer`` with a small byte-level BPE vocabulary, built deterministically.
 
     The vocabulary holds every byte symbol (with and without CLIP's ``</w>`` suffix), so any
-    text tokenizes without unknown tokens, plus merges learned with the ``tokenizers``
-    library's own BPE trainer on prompt-like text.
+    text tokenizes without unknown tokens. Merges spell out the corpus's words (prompts, shift
+    phrases, class names; most frequent first, ties alphabetical) prefix by prefix. The
+    ``tokenizers`` library's BPE trainer breaks ties in hash order, which made the tiny model
+    differ from process to process; this construction is the same everywhere.
     """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from collections import Counter
+
+    from tokenizers import Regex, normalizers, pre_tokenizers
     from transformers import CLIPTokenizer
 
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=eos))
-    bpe.normalizer = normalizers.Sequence(
+    normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(alphabet),  # room for the "x</w>" symbols added below
-        special_tokens=[bos, eos],
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
-    with tempfile.TemporaryDirectory() as tmp:
-        bpe.model.save(tmp)
-        vocab = json.loads(Path(tmp, "vocab.json").read_text(encoding="utf-8"))
-        merges = [
-            tuple(line.split(" "))
-            for line in Path(tmp, "merges.txt").read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#version")
-        ]
+    counts: Counter = Counter()
+    for line in _tokenizer_corpus():
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    vocab = {bos: 0, eos: 1}
     for symbol in alphabet + [a + "</w>" for a in alphabet]:
         vocab.setdefault(symbol, len(vocab))
+    merges, seen = [], set()
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        current = symbols[0]
+        for symbol in symbols[1:]:
+            if len(vocab) >= vocab_size:
+                break
+            pair = (current, symbol)
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(pair)
+                vocab.setdefault(current + symbol, len(vocab))
+            current += symbol
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 

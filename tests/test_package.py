@@ -50,3 +50,15 @@ def test_demo_runs_offline(tmp_path, capsys):
     board = tmp_path / "demo" / "leaderboard"
     assert (board / "leaderboard.html").is_file() and len(list((board / "plots").glob("*.png"))) == 5
     assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 3
+
+
+def test_tiny_tokenizer_is_the_same_in_every_process():
+    """The embedded tiny default must not depend on the process (hash-ordered BPE training did)."""
+    import subprocess
+    import sys
+
+    code = ("from dsi_bench.testing import build_tiny_tokenizer; import json; "
+            "print(json.dumps(sorted(build_tiny_tokenizer().get_vocab().items())))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+            for _ in range(2)]
+    assert runs[0] and runs[0] == runs[1]
