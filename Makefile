@@ -11,7 +11,7 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, so pip takes the locally cached build instead of resolving it through diffusers
 	$(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e ".[test,ray,plots]"
+	$(BIN)/python -m pip install -q -e ".[test,ray,plots,timm]"
 	touch $(STAMP)
 
 demo: $(STAMP)
