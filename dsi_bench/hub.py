@@ -12,9 +12,10 @@ Both load with ``datasets.load_dataset(OUT_OR_REPO, name=shift, split="test")`` 
 WebDataset columns are named by the members (``png``/``jpg``, ``cls``, ``json``, ``__key__``);
 Parquet columns are ``image``, ``label``, ``key``, ``metadata`` (JSON text).
 
-Uploads go through ``huggingface_hub`` (``create_repo``, ``upload_folder``, or
-``upload_large_folder`` for big sets, which resumes); the token comes from ``HF_TOKEN`` or the
-login cache and is never printed or written.
+Uploads go through ``huggingface_hub``: ``create_repo``, then ``upload_folder`` (with ``hf_xet``,
+huggingface_hub >= 2 batches large folders and a rerun resumes, uploaded data being
+deduplicated; older versions use the resumable ``upload_large_folder`` above 1 GiB). The token
+comes from ``HF_TOKEN`` or the login cache and is never printed or written.
 """
 
 from __future__ import annotations
@@ -304,7 +305,8 @@ def publish(shards_dir, repo: str, *, fmt: str = "webdataset", private: bool = F
         _probe(api)  # before staging anything: offline is the common failure
     except Exception as e:  # noqa: BLE001
         raise _hub_error(e, repo) from None
-    staging = Path(tempfile.mkdtemp(prefix="dsi-bench-publish-"))
+    # Stage beside the shards (same file system): the tars are hard-linked, not copied.
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=str(Path(shards_dir).expanduser())))
     try:
         result = export_dataset(shards_dir, staging, fmt=fmt, repo=repo, license_id=license_id)
         try:
@@ -315,10 +317,10 @@ def publish(shards_dir, repo: str, *, fmt: str = "webdataset", private: bool = F
                                  "pass force=True (--force) to replace it")
             api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
             size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-            if size > _LARGE:
-                api.upload_large_folder(repo_id=repo, folder_path=staging, repo_type="dataset",
-                                        print_report=progress)
-            else:
+            large = getattr(api, "upload_large_folder", None)  # huggingface_hub < 2: the resumable uploader
+            if size > _LARGE and large is not None:
+                large(repo_id=repo, folder_path=staging, repo_type="dataset", print_report=progress)
+            else:  # huggingface_hub >= 2 (hf_xet): batched, and a rerun resumes (uploaded data is deduplicated)
                 api.upload_folder(repo_id=repo, folder_path=staging, repo_type="dataset",
                                   commit_message=f"dsi-bench: {', '.join(result['shifts'])}")
         except (ShardError, SpecError):
