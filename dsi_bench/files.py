@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import CacheError
 
-__all__ = ["atomic_write", "canonical_json", "ensure_writable_dir", "sha256_file"]
+__all__ = ["atomic_write", "canonical_json", "ensure_writable_dir", "read_json", "sha256_file"]
 
 
 def _current_umask() -> int:
@@ -77,3 +77,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def canonical_json(obj) -> bytes:
     """Compact JSON with sorted keys: equal objects give equal bytes (for hashes and shards)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] = CacheError):
+    """Parse a JSON file; a missing or malformed file raises ``error`` naming ``what`` and the path."""
+    path = Path(path).expanduser()
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} {str(path)!r} is not valid JSON ({e})") from None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,13 +108,10 @@ class ClassMap:
 
     @classmethod
     def load(cls, path: str | os.PathLike, classes: ClassList) -> ClassMap:
+        from .files import read_json
+
         path = Path(path).expanduser()
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"class map {str(path)!r} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SpecError(f"class map {str(path)!r} is not valid JSON ({e})") from None
+        data = read_json(path, "class map", SpecError)
         if isinstance(data, dict):
             data = data.get("outputs")
         if not isinstance(data, list) or not data:

@@ -202,13 +202,10 @@ class Results:
         Raises:
             SpecError: not JSON, not a dsi-bench results file, or a newer schema version.
         """
+        from .files import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"results file {str(path)!r} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SpecError(f"results file {str(path)!r} is not valid JSON ({e})") from None
+        data = read_json(path, "results file", SpecError)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise SpecError(f"{str(path)!r} is not a dsi-bench results file (schema {SCHEMA!r})")
         if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
