@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "FAKE_WNIDS",
     "SD2_SCHEDULER_CONFIG",
     "fake_imagenet_classes",
     "make_fake_release",
@@ -218,10 +219,14 @@ def save_tiny_tokens(
     return bank.save(path)
 
 
+#: The WordNet ids of ImageNet classes 0-2 (tench, goldfish, great white shark): fake releases use them.
+FAKE_WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
 def make_fake_release(
     root: str | os.PathLike,
     shifts: Sequence[str] = ("base",),
-    wnids: Sequence[str] = ("n01440764", "n01443537", "n01484850"),
+    wnids: Sequence[str] = FAKE_WNIDS,
     per_class: int = 50,
     size: int = 64,
     as_zip: bool = True,
@@ -267,7 +272,7 @@ def make_fake_release(
     return root
 
 
-def fake_imagenet_classes(wnids: Sequence[str] = ("n01440764", "n01443537", "n01484850")):
+def fake_imagenet_classes(wnids: Sequence[str] = FAKE_WNIDS):
     """A 1000-class list whose first classes carry the given WordNet ids (the rest get
     sortable fake ids), so release folders map to indices without timm or a class table."""
     from .classes import ClassList, imagenet_classes

@@ -47,3 +47,11 @@ def tiny_spec(tiny_model):
     from dsi_bench.pipeline import PipelineSpec
 
     return PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def classes():
+    """ImageNet-1k with WordNet ids that fake releases use for classes 0-2 (no timm or class table needed)."""
+    from dsi_bench.testing import FAKE_WNIDS, fake_imagenet_classes
+
+    return fake_imagenet_classes(FAKE_WNIDS)

@@ -17,14 +17,9 @@ from dsi_bench.models import ClassMap, load_model
 from dsi_bench.release import convert_release
 from dsi_bench.results import Results
 from dsi_bench.score import score_predictions
-from dsi_bench.testing import fake_imagenet_classes, make_fake_release, oracle_classifier, tiny_classifier
+from dsi_bench.testing import FAKE_WNIDS, make_fake_release, oracle_classifier, tiny_classifier
 
-WNIDS = ("n01440764", "n01443537", "n01484850")
-
-
-@pytest.fixture(scope="module")
-def classes():
-    return fake_imagenet_classes(WNIDS)
+WNIDS = FAKE_WNIDS
 
 
 @pytest.fixture(scope="module")

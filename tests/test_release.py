@@ -10,14 +10,9 @@ from dsi_bench.errors import MaskError, ReleaseError
 from dsi_bench.masks import PUBLISHED_KEPT, Masks, load_release_masks
 from dsi_bench.release import convert_release, release_shifts
 from dsi_bench.shards import verify_shards
-from dsi_bench.testing import fake_imagenet_classes, make_fake_release
+from dsi_bench.testing import FAKE_WNIDS, make_fake_release
 
-WNIDS = ("n01440764", "n01443537", "n01484850")
-
-
-@pytest.fixture(scope="module")
-def classes():
-    return fake_imagenet_classes(WNIDS)
+WNIDS = FAKE_WNIDS
 
 
 @pytest.fixture(scope="module")
