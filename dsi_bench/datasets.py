@@ -165,7 +165,12 @@ class ShiftedImageNet(VisionDataset):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise SpecError(f"seed={seed!r} must be a non-negative integer")
         self.source = source
-        self.shift = self._shift_of(shift, source, root)
+        shards = None
+        if source == "shards" and root is not None:
+            from .shards import ShardSet
+
+            shards = ShardSet(root)  # opened once: it also tells custom shift ids apart
+        self.shift = self._shift_of(shift, source, shards)
         self.class_list = class_list if class_list is not None else imagenet_classes()
         self.seed = seed
         self.fast_decode = fast_decode
@@ -179,6 +184,7 @@ class ShiftedImageNet(VisionDataset):
                 raise SpecError("masks apply to prebuilt sources ('shards', 'imagenet-star'); for generated "
                                 "samples, filter with the CLIP metric instead")
             self.class_indices = self.class_list.resolve(classes)
+            self._class_set = set(self.class_indices)
             self.per_class = per_class or 50
             spec = (pipeline or PipelineSpec()).replace(
                 model=os.fspath(model) if model is not None else None,
@@ -201,11 +207,12 @@ class ShiftedImageNet(VisionDataset):
                                 + ("shard folder or URL" if source == "shards" else "release folder or zip") + ")")
             self.per_class = per_class
             self.class_indices = None if classes is None else self.class_list.resolve(classes)
-            self._open_prebuilt(root, masks, missing)
+            self._class_set = set(self.class_indices or ())
+            self._open_prebuilt(root, masks, missing, shards)
 
     @staticmethod
-    def _shift_of(shift, source: str, root) -> Shift:
-        """The shift; for shards, an id the folder holds (custom ones too) is taken as it is."""
+    def _shift_of(shift, source: str, shards) -> Shift:
+        """The shift; an id the source holds (custom ones too) is taken as it is."""
         import re
 
         if source == "hub" and isinstance(shift, str) and re.fullmatch(r"[a-z0-9_]+-[0-9a-f]{8}", shift):
@@ -213,50 +220,38 @@ class ShiftedImageNet(VisionDataset):
             from .shifts import TOKEN
 
             return Shift(shift, shift, TOKEN, "custom", source="custom")
-        if source == "shards" and isinstance(shift, str) and root is not None and "<" not in shift:
-            from .shards import ShardSet
-
+        if shards is not None and isinstance(shift, str) and "<" not in shift:
             try:
                 direct = get_shift(shift)
                 if direct.id == shift:
                     return direct
             except Exception:  # noqa: BLE001 - a near-miss of a catalog name; maybe a custom id below
-                direct = None
-
-            try:
-                shards = ShardSet(root)
-            except Exception:  # noqa: BLE001 - reported properly when the source is opened
-                return get_shift(shift)
+                pass
             for s in shards.plan.get("shifts", []):
                 if s.get("id") == shift and s.get("template"):
                     return get_shift(s["template"])
         return get_shift(shift)
 
     # ------------------------------------------------------------------ prebuilt sources
-    def _open_prebuilt(self, root, masks, missing) -> None:
+    def _open_prebuilt(self, root, masks, missing, shards) -> None:
         from .masks import Masks, resolve_masks
 
+        if self.source == "imagenet-star":
+            self._masks = resolve_masks(masks)  # True: the release's masks, fetched
+        elif masks is True:
+            self._masks = "flags"  # the keep flags recorded in each sample's metadata
+        elif masks not in (False, None):
+            self._masks = masks if isinstance(masks, Masks) else Masks.load(masks)
         if self.source == "shards":
-            from .shards import ShardSet
-
-            self._store = ShardSet(root)
+            self._store = shards
             self._store.shards(self.shift.id)  # fail now on an unknown shift
-            if masks is True:
-                self._masks = "flags"
-            elif masks not in (False, None):
-                self._masks = masks if isinstance(masks, Masks) else Masks.load(masks)
         elif self.source == "hub":
             from .hub import HubSet
 
             self._store = HubSet(root, self.shift.id)
-            if masks is True:
-                self._masks = "flags"
-            elif masks not in (False, None):
-                self._masks = masks if isinstance(masks, Masks) else Masks.load(masks)
         else:
             from .release import ReleaseSet
 
-            self._masks = resolve_masks(masks)
             self._store = ReleaseSet(root, self.shift.id, self.class_list, self.class_indices, missing)
         if isinstance(self._masks, Masks):
             self._masks.check_shift(self.shift.id)
@@ -279,12 +274,6 @@ class ShiftedImageNet(VisionDataset):
             raise MaskError(f"masks from {self._masks.source!r} have no entry for sample {key!r}; they belong to "
                             "other data (check the shift and classes) or pass masks=False")
         return keep
-
-    @property
-    def _class_set(self) -> set[int]:
-        if not hasattr(self, "_class_set_cache"):
-            self._class_set_cache = set(self.class_indices or ())
-        return self._class_set_cache
 
     @property
     def entries(self) -> list:
@@ -319,7 +308,7 @@ class ShiftedImageNet(VisionDataset):
             self._entries, self.masked_out = chosen, masked
             if self.class_indices is None:
                 self.class_indices = sorted({e.label for e in chosen})
-                self._class_set_cache = set(self.class_indices)
+                self._class_set = set(self.class_indices)
         return self._entries
 
     def _draft(self) -> int | None:
