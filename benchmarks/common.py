@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -12,27 +11,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def hardware(device: str = "cpu") -> dict:
-    """CPU model, core count, torch threads and versions (and the GPU name on CUDA)."""
+    """What results files record (:func:`dsi_bench.evaluate.hardware_info`) plus torch threads and versions."""
+    import PIL
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
+    from dsi_bench.evaluate import hardware_info
+
+    info = {**hardware_info(device), "torch_threads": torch.get_num_threads(), "pillow": PIL.__version__}
     try:
         import diffusers
 
         info["diffusers"] = diffusers.__version__
     except ImportError:
         pass
-    import PIL
-
-    info["pillow"] = PIL.__version__
     return info
 
 

@@ -27,7 +27,7 @@ from .errors import DsiBenchError, SpecError
 from .models import ClassMap, LoadedModel, load_model
 from .results import Results, ShiftPredictions, build_results
 
-__all__ = ["data_info", "evaluate", "resolve_shifts", "write_predictions"]
+__all__ = ["data_info", "evaluate", "hardware_info", "resolve_shifts", "write_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def resolve_shifts(shifts, source: str, root) -> list[str]:
     return (["base"] if "base" in ids else []) + [s for s in ids if s != "base"]
 
 
-def _hardware(device: str) -> dict:
+def hardware_info(device: str) -> dict:
+    """Device, CPU model and count, torch and Python versions, and the GPU's name on CUDA."""
     import torch
 
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
@@ -271,8 +272,9 @@ def evaluate(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     shift_ids = resolve_shifts(shifts, source, root)
     is_cuda = device.startswith("cuda")
+    channels_last = is_cuda if channels_last is None else channels_last
     module = loaded.module.to(device)
-    if channels_last if channels_last is not None else is_cuda:
+    if channels_last:
         module = module.to(memory_format=torch.channels_last)
     amp_dtype = torch.float16 if is_cuda else torch.bfloat16
     if num_workers is None:
@@ -303,7 +305,7 @@ def evaluate(
                                               disable=not (progress and rank0), dynamic_ncols=True) as bar:
                 for x, y, k in loader:
                     x = x.to(device, non_blocking=is_cuda)
-                    if channels_last if channels_last is not None else is_cuda:
+                    if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype, enabled=amp):
                         logits = module(x)
@@ -339,7 +341,7 @@ def evaluate(
         "amp": bool(amp),
     }
     results = build_results(preds, class_names=class_list.names, model=model_info, data=data,
-                            label_space=class_list.name, hardware=_hardware(device), worst_k=worst_k)
+                            label_space=class_list.name, hardware=hardware_info(device), worst_k=worst_k)
     if predictions is not None and rank0:
         write_predictions(preds, predictions)
     return results

@@ -20,6 +20,7 @@ comes from ``HF_TOKEN`` or the login cache and is never printed or written.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -390,7 +391,7 @@ class HubSet:
             raise ShardError(f"{self.root!r} config {shift_id!r} has no image or label column "
                              f"(columns: {sorted(cols)})")
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str | None:
         """The published manifest's fingerprint (equal to the source shard folder's), if it has one."""
         import hashlib
