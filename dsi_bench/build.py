@@ -36,7 +36,8 @@ from .files import atomic_write, canonical_json, ensure_writable_dir, sha256_fil
 from .shards import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
 from .version import __version__
 
-__all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "run_job"]
+__all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "env_rank_world",
+           "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +192,7 @@ def finalize(job: ShardJob, out: str | os.PathLike, tasks: Sequence[ShardTask] |
 def _check_plan(job: ShardJob, out: Path, overwrite: bool) -> None:
     """Refuse to mix plans in one folder; record this plan for later runs and workers."""
     plan_file = out / _BUILD_DIR / "plan.json"
-    old = None
-    for path in (plan_file, out / MANIFEST):
-        try:
-            old = json.loads(path.read_bytes()).get("plan")
-            break
-        except (OSError, ValueError, AttributeError):
-            continue
+    old = _recorded_plan(out)
     if old is not None and old != job.plan:
         if not overwrite:
             fields = sorted(k for k in set(old) | set(job.plan) if old.get(k) != job.plan.get(k))
@@ -301,12 +296,20 @@ def _run_tasks(job: ShardJob, out: Path, tasks: Sequence[ShardTask], progress: b
             summary.samples_built += record["samples"]
 
 
-def _rank_world() -> tuple[int, int]:
+def env_rank_world(slurm: bool = True) -> tuple[int, int] | None:
+    """(rank, world size) set by torchrun (``RANK``/``WORLD_SIZE``) or, with ``slurm``, by srun."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"])
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    if slurm and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+    return None
+
+
+def _rank_world() -> tuple[int, int]:
+    found = env_rank_world()
+    if found is not None:
+        return found
     raise SpecError("engine 'torchrun' needs RANK and WORLD_SIZE (set by torchrun) or SLURM_PROCID and "
                     "SLURM_NTASKS (set by srun); launch with `torchrun --nproc-per-node N -m dsi_bench.cli build ...`")
 
@@ -546,13 +549,21 @@ class SynthesisJob(ShardJob):
                 }
 
 
-def _recorded_threads(out: Path) -> int | None:
+def _recorded_plan(out: Path) -> dict | None:
+    """The plan an earlier run recorded in ``out`` (its plan file, else its manifest), if any."""
     for path in (out / _BUILD_DIR / "plan.json", out / MANIFEST):
         try:
-            return json.loads(path.read_bytes())["plan"].get("cpu_threads")
-        except (OSError, ValueError, KeyError, AttributeError):
+            plan = json.loads(path.read_bytes())["plan"]
+        except (OSError, ValueError, KeyError, TypeError):
             continue
+        if isinstance(plan, dict):
+            return plan
     return None
+
+
+def _recorded_threads(out: Path) -> int | None:
+    plan = _recorded_plan(out)
+    return None if plan is None else plan.get("cpu_threads")
 
 
 def build_shards(

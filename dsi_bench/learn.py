@@ -229,7 +229,9 @@ def learn_tokens(
     if not isinstance(classes_per_batch, int) or classes_per_batch <= 0:
         raise SpecError(f"classes_per_batch={classes_per_batch!r} must be a positive integer")
     spec = (spec or PipelineSpec()).replace(model=base_model, device=device, dtype=dtype)
-    rank, world = _rank_world()
+    from .build import env_rank_world
+
+    rank, world = env_rank_world(slurm=False) or (0, 1)  # torchrun ranks split the classes
     if world > 1:
         if out is None:
             raise SpecError("learning tokens on several processes (torchrun) needs out= (--out): each rank saves "
@@ -440,13 +442,6 @@ def learn_tokens(
             "after": float(sum(eval_after.values()) / len(eval_after)), "draws_per_class": eval_draws}
     text_encoder.set_input_embeddings(table)
     return bank
-
-
-def _rank_world() -> tuple[int, int]:
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
-    return 0, 1
 
 
 def _rank_path(path: Path, rank: int, world: int) -> Path:
