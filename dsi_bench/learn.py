@@ -241,6 +241,7 @@ def learn_tokens(
     check_model(spec.model)
     train = load_training_data(data, classes)
     class_ids = sorted(train.items)
+    row_of = {c: i for i, c in enumerate(class_ids)}  # class index -> row of the trained tokens
 
     # ---- models: shared frozen UNet/VAE; our own text encoder and tokenizer
     base = _load_base(spec)
@@ -284,7 +285,7 @@ def learn_tokens(
             raise TokenBankError(f"{str(bank_path)!r} was trained on another model; use another output path")
         for c in class_ids:
             if c in old._row:
-                rows[class_ids.index(c)] = old.embedding(c)
+                rows[row_of[c]] = old.embedding(c)
                 done[c] = int(progress_info.get("steps_done", {}).get(str(c), 0))
         if state_path.is_file():
             from safetensors.torch import load_file
@@ -347,7 +348,7 @@ def learn_tokens(
             eps_latent = torch.randn(mean[j].shape, generator=g)
             noises.append(torch.randn(mean[j].shape, generator=g))
             samples.append((mean[j] + std[j] * eps_latent.to(mean.device)) * vae_scale)
-            prompts.append(IMAGENET_TEMPLATES[k].format(tokens[class_ids.index(c)]))
+            prompts.append(IMAGENET_TEMPLATES[k].format(tokens[row_of[c]]))
             timesteps.append(t)
         x0 = torch.stack(samples).to(spec.device)
         noise = torch.stack(noises).to(spec.device)
@@ -374,7 +375,7 @@ def learn_tokens(
         for group in groups:
             if steps_run >= budget:
                 break
-            rows_idx = [class_ids.index(c) for c in group]
+            rows_idx = [row_of[c] for c in group]
             # latents: mean and std of the VAE posterior for every image and its mirror, once
             latents = {}
             for c in group:
@@ -411,17 +412,17 @@ def learn_tokens(
                 active = [c for c in group if done[c] < total]
                 # the rows being trained: each class's own parameter, written into the shared table view
                 for c in active:
-                    param.data[class_ids.index(c)] = opts[c][1].data
+                    param.data[row_of[c]] = opts[c][1].data
                 param.grad = None
                 per_sample = forward_loss(active, gens, latents)
                 per_sample.sum().backward()  # one sample per class: the sum of per-class means
                 for c in active:
                     opt, view = opts[c]
-                    view.grad = param.grad[class_ids.index(c)].clone()
+                    view.grad = param.grad[row_of[c]].clone()
                     opt.step()
                     with torch.no_grad():  # magnitude pinning
-                        view.mul_(norms[class_ids.index(c)] / view.norm())
-                    param.data[class_ids.index(c)] = view.data
+                        view.mul_(norms[row_of[c]] / view.norm())
+                    param.data[row_of[c]] = view.data
                     done[c] += 1
                 steps_run += 1
                 bar.update(len(active))
