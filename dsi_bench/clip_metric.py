@@ -197,7 +197,7 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
     from .files import atomic_write
     from .images import decode_image
     from .masks import Masks
-    from .shards import ShardSet
+    from .shards import ShardSet, _image_member
     from .shifts import TOKEN
     from .tokens import load_tokens
 
@@ -205,18 +205,17 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
     bank = load_tokens(tokens) if tokens is not None and not hasattr(tokens, "fingerprint") else tokens
     shift_ids = list(shifts) if shifts else shardset.shifts
     keys, objects, gains = [], [], []
-    kept: dict[str, tuple[int, int]] = {}
     text_mode = None
     total = sum(r["samples"] for r in shardset.records if r["shift"] in shift_ids)
     with tqdm(total=total, desc="clip-filter", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        spans = {}
         for shift_id in shift_ids:
             start = len(keys)
             for record in shardset.shards(shift_id):
                 images, base_p, shift_p = [], [], []
                 for sample in shardset.iter_shard(record):
                     meta = json.loads(sample["json"]) if "json" in sample else {}
-                    ext = next(e for e in ("png", "jpg", "jpeg", "webp") if e in sample)
-                    images.append(decode_image(sample[ext]))
+                    images.append(decode_image(_image_member(sample)[1]))
                     name = meta.get("token") if (bank is not None and meta.get("token")) else meta.get("class_name")
                     template = meta.get("shift_template") or "a photo of a " + TOKEN
                     base_p.append(f"a photo of a {name}")
@@ -228,12 +227,11 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
                 objects.append(out["object_score"])
                 gains.append(out["shift_gain"])
                 bar.update(len(images))
-            keep = keep_mask(np.concatenate(objects)[start:], np.concatenate(gains)[start:], object_threshold,
-                             shift_margin) if len(keys) > start else np.zeros(0, bool)
-            kept[shift_id] = (int(keep.sum()), len(keep))
+            spans[shift_id] = (start, len(keys))
     object_score = np.concatenate(objects) if objects else np.zeros(0, np.float32)
     shift_gain = np.concatenate(gains) if gains else np.zeros(0, np.float32)
     keep = keep_mask(object_score, shift_gain, object_threshold, shift_margin)
+    kept = {s: (int(keep[a:b].sum()), b - a) for s, (a, b) in spans.items()}
     local = Path(str(root))
     scores_path = Path(scores_path) if scores_path else local / "clip_scores.npz"
     masks_path = Path(masks_path) if masks_path else local / "clip_masks.npz"
