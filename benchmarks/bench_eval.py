@@ -31,27 +31,27 @@ from common import hardware, write_result  # noqa: E402
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--model", default="resnet18", help="torchvision model name (random weights)")
+    parser.add_argument("--classifier", default="resnet18", help="torchvision model name (random weights)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many passes per row, interleaved")
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     import torch
+    from bench_loader import prepare_shards
     from torch.utils.data import DataLoader
 
-    from bench_loader import prepare_shards
     from dsi_bench.datasets import ShiftedImageNet
     from dsi_bench.evaluate import evaluate
     from dsi_bench.models import load_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dsi-bench-eval-"))
     _, _, _, classes, shards = prepare_shards(work, args.images, 128)
-    loaded = load_model(f"torchvision:{args.model}", weights="none")
+    loaded = load_model(f"torchvision:{args.classifier}", weights="none")
     device = args.device
     model = loaded.module.to(device)
     if device.startswith("cuda"):
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
 
     def bare() -> tuple[float, int]:
         ds = ShiftedImageNet("base", source="shards", root=shards, transform=loaded.transform, class_list=classes)
-        loader = DataLoader(ds.stream(), batch_size=args.batch_size, num_workers=args.workers,
+        loader = DataLoader(ds.stream(), batch_size=args.batch_size, num_workers=args.num_workers,
                             pin_memory=device.startswith("cuda"))
         n = 0
         start = time.perf_counter()
@@ -81,8 +81,9 @@ def main(argv=None) -> dict:
 
     def harness() -> tuple[float, int]:
         start = time.perf_counter()
-        r = evaluate(loaded, "base", source="shards", root=shards, class_list=classes, batch_size=args.batch_size,
-                     num_workers=args.workers, device=device, amp=args.amp, progress=False)
+        r = evaluate(loaded, {"source": "shards", "root": shards, "class_list": classes}, shifts="base",
+                     batch_size=args.batch_size, num_workers=args.num_workers, device=device, amp=args.amp,
+                     progress=False)
         sync()
         return time.perf_counter() - start, r.shifts["base"]["n"]
 
@@ -101,11 +102,11 @@ def main(argv=None) -> dict:
     overhead = min(times["dsi_bench.evaluate"]) / min(times["bare loop"]) - 1
     result = {
         "benchmark": "eval",
-        "model": f"torchvision:{args.model} (random weights)",
+        "model": f"torchvision:{args.classifier} (random weights)",
         "device": device,
         "amp": args.amp,
         "batch_size": args.batch_size,
-        "workers": args.workers,
+        "workers": args.num_workers,
         "hardware": hardware(device),
         "rows": rows,
         "harness_overhead": round(overhead, 4),

@@ -83,7 +83,7 @@ def ours(synth, requests, spec) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny, sd2-random, or a diffusers folder")
+    parser.add_argument("--generator", default="tiny", help="tiny, sd2-random, or a diffusers folder")
     parser.add_argument("--tokens", default=None, help="token bank (default: random tokens fitting the model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
@@ -98,8 +98,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
 
-    import torch  # noqa: F401
     import diffusers
+    import torch  # noqa: F401
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
@@ -113,15 +113,15 @@ def main(argv=None) -> dict:
     from dsi_bench.tokens import load_tokens
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dsi-bench-bench-"))
-    if args.model == "tiny":
+    if args.generator == "tiny":
         model = save_tiny_pipeline(work / "tiny-sd") if not (work / "tiny-sd").exists() else work / "tiny-sd"
         dim = 32
-    elif args.model == "sd2-random":
+    elif args.generator == "sd2-random":
         from sd2_random import save_sd2_random
 
         model, dim = save_sd2_random(work / "sd2-random"), 1024
     else:
-        model, dim = Path(args.model), None
+        model, dim = Path(args.generator), None
     tokens = args.tokens or save_tiny_tokens(work / f"tokens-{dim}.safetensors", dim=dim or 1024)
     bank = load_tokens(tokens)
     classes = imagenet_classes()
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     ref = rows[0]["images_per_s"]
     result = {
         "benchmark": "generate",
-        "model": args.model,
+        "model": args.generator,
         "device": args.device,
         "dtype": str(base.torch_dtype).replace("torch.", ""),
         "gen_size": size,
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
         "rows": rows,
         "speedup_vs_reference": {r["name"]: round(r["images_per_s"] / ref, 2) for r in rows[1:]},
     }
-    write_result(result, args.out, f"generate_{args.device.split(':')[0]}_{Path(args.model).name}.json")
+    write_result(result, args.out, f"generate_{args.device.split(':')[0]}_{Path(args.generator).name}.json")
     return result
 
 

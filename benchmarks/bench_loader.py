@@ -14,7 +14,7 @@ Rows (same transform everywhere: Resize(256), CenterCrop(224), ToTensor, Normali
 * ``shards, stream, full decode``: the same with ``fast_decode=False``, to show what draft mode buys.
 
     python benchmarks/bench_loader.py                    # 1000 images, workers 0 and 2
-    python benchmarks/bench_loader.py --images 5000 --workers 0,2,4
+    python benchmarks/bench_loader.py --images 5000 --num-workers 0,2,4
 
 Results go to ``benchmarks/results/loader_cpu.json``.
 """
@@ -44,7 +44,7 @@ def make_release(root: Path, n_images: int, seed: int = 0) -> tuple[list[str], P
     n_classes = max(1, -(-n_images // per_class))
     wnids = [f"n0{i:07d}" for i in range(n_classes)]
     rng = np.random.default_rng(seed)
-    for c, wnid in enumerate(wnids):
+    for _c, wnid in enumerate(wnids):
         folder = root / "base" / wnid
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -98,7 +98,7 @@ def time_loader(loader, repeats: int) -> tuple[float, int]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to time")
+    parser.add_argument("--num-workers", default="0,2", help="DataLoader worker counts to time")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many passes per row")
     parser.add_argument("--work", default=None, help="folder for the data (default: a temp dir)")
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     full = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes,
                            fast_decode=False)
     assert len(ours) == len(folder) == len(chosen), (len(ours), len(folder), len(chosen))
-    for w in [int(x) for x in args.workers.split(",")]:
+    for w in [int(x) for x in args.num_workers.split(",")]:
         kw = dict(batch_size=args.batch_size, num_workers=w, persistent_workers=False)
         record("ImageFolder + mask (reference)", *time_loader(DataLoader(folder, **kw), args.repeats), w)
         record("shards, random access", *time_loader(DataLoader(ours, **kw), args.repeats), w)
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
 
     bare = rows[0]["images_per_s"]
     ratios = {}
-    for w in [int(x) for x in args.workers.split(",")]:
+    for w in [int(x) for x in args.num_workers.split(",")]:
         for name in ("shards, random access", "shards, stream"):
             ratios[f"{name}, workers {w}"] = {
                 "vs_imagefolder": round(rate(name, w) / rate("ImageFolder + mask (reference)", w), 2),

@@ -47,18 +47,16 @@ def reference_loop(spec, folder: Path, steps: int, resolution: int) -> float:
     """The reference's loop for one class; returns seconds for ``steps`` steps (after one warm-up step)."""
     import torch
     from diffusers import DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     from dsi_bench.learn import IMAGENET_TEMPLATES, _prepare_images
-    from dsi_bench.pipeline import _from_pretrained, _load_base
+    from dsi_bench.pipeline import load_components
 
-    base = _load_base(spec)
-    unet, vae = base["unet"], base["vae"]
+    parts = load_components(spec)
+    unet, vae = parts.unet, parts.vae
     unet.requires_grad_(False)
     vae.requires_grad_(False)
-    scheduler = DDPMScheduler.from_config(base["scheduler"].config)
-    text_encoder = _from_pretrained(CLIPTextModel, spec, subfolder="text_encoder").to(spec.device)
-    tokenizer = _from_pretrained(CLIPTokenizer, spec, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+    text_encoder, tokenizer = parts.text_encoder, parts.tokenizer
     tokenizer.add_tokens(["<ref-token>"])
     text_encoder.resize_token_embeddings(len(tokenizer))
     table = text_encoder.get_input_embeddings()
@@ -112,7 +110,7 @@ def sync(device: str) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny, sd2-random, or a diffusers folder")
+    parser.add_argument("--generator", default="tiny", help="tiny, sd2-random, or a diffusers folder")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--resolution", type=int, default=32)
@@ -134,16 +132,16 @@ def main(argv=None) -> dict:
     from dsi_bench.testing import save_tiny_pipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dsi-bench-tokens-"))
-    if args.model == "tiny":
+    if args.generator == "tiny":
         model = work / "tiny-sd"
         if not model.exists():
             save_tiny_pipeline(model)
-    elif args.model == "sd2-random":
+    elif args.generator == "sd2-random":
         from sd2_random import save_sd2_random
 
         model = save_sd2_random(work / "sd2-random")
     else:
-        model = Path(args.model)
+        model = Path(args.generator)
     folder = make_images(work / "data", args.classes, args.images, max(args.resolution, 32))
     spec = PipelineSpec(model=str(model), device=args.device, dtype=args.dtype)
     rows = []
@@ -152,11 +150,11 @@ def main(argv=None) -> dict:
     rows.append({"name": "reference loop (1 class, batch 1, re-encoding, AdamW on the table)", "classes": 1,
                  "steps": args.steps, "seconds": round(ref, 3), "class_steps_per_s": round(args.steps / ref, 3)})
     for b in sorted({1, args.classes}):
-        learn_tokens(folder, spec=spec, steps=1, resolution=args.resolution, classes_per_batch=b,
+        learn_tokens(folder, pipeline=spec, max_steps=1, resolution=args.resolution, classes_per_batch=b,
                      classes=list(range(b)), progress=False)  # warm-up
         sync(args.device)
         start = time.perf_counter()
-        learn_tokens(folder, spec=spec, steps=args.steps, resolution=args.resolution, classes_per_batch=b,
+        learn_tokens(folder, pipeline=spec, max_steps=args.steps, resolution=args.resolution, classes_per_batch=b,
                      classes=list(range(b)), progress=False)
         sync(args.device)
         seconds = time.perf_counter() - start  # includes the one-off latent encoding
@@ -169,14 +167,14 @@ def main(argv=None) -> dict:
     base = rows[0]["class_steps_per_s"]
     result = {
         "benchmark": "tokens",
-        "model": args.model,
+        "model": args.generator,
         "device": args.device,
         "resolution": args.resolution,
         "hardware": hardware(args.device),
         "rows": rows,
         "speedup_vs_reference": {r["name"]: round(r["class_steps_per_s"] / base, 2) for r in rows[1:]},
     }
-    write_result(result, args.out, f"tokens_{args.device.split(':')[0]}_{Path(str(args.model)).name}.json")
+    write_result(result, args.out, f"tokens_{args.device.split(':')[0]}_{Path(str(args.generator)).name}.json")
     return result
 
 

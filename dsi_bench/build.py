@@ -33,11 +33,10 @@ from pathlib import Path
 
 from .errors import OptionalDependencyError, ShardError, SpecError
 from .files import atomic_write, canonical_json, ensure_writable_dir, sha256_file
-from .shards import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
+from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
 from .version import __version__
 
-__all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "env_rank_world",
-           "run_job"]
+__all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,27 +295,14 @@ def _run_tasks(job: ShardJob, out: Path, tasks: Sequence[ShardTask], progress: b
             summary.samples_built += record["samples"]
 
 
-def env_rank_world(slurm: bool = True) -> tuple[int, int] | None:
-    """(rank, world size) set by torchrun (``RANK``/``WORLD_SIZE``) or, with ``slurm``, by srun."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
-    if slurm and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-    return None
+def _torchrun_world():
+    from .dist import World
 
-
-def _rank_world() -> tuple[int, int]:
-    found = env_rank_world()
-    if found is not None:
-        return found
+    world = World.launched(slurm=True)
+    if world is not None:
+        return world
     raise SpecError("engine 'torchrun' needs RANK and WORLD_SIZE (set by torchrun) or SLURM_PROCID and "
                     "SLURM_NTASKS (set by srun); launch with `torchrun --nproc-per-node N -m dsi_bench.cli build ...`")
-
-
-def _local_rank() -> int:
-    env = os.environ
-    return int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
 
 
 def _worker_main(job: ShardJob, out: str, rank: int, world: int, device: str | None, progress: bool) -> None:
@@ -358,11 +344,12 @@ def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite,
         if overwrite:
             raise SpecError("overwrite is not available with engine 'torchrun' (ranks would race to clear the "
                             "folder); clear it with a local run or choose another output folder")
-        rank, world = _rank_world()
+        w = _torchrun_world()
+        rank, world = w.rank, w.world_size
         summary.rank, summary.world = rank, world
         mine = tasks[rank::world]
         _check_plan(job, out, False)  # every rank writes the same plan file: harmless
-        job.prepare(_rank_device(devices, _local_rank()) or job.rank_device(_local_rank()))
+        job.prepare(_rank_device(devices, w.local_rank) or job.rank_device(w.local_rank))
         _sweep_temporaries(out, mine)
         _run_tasks(job, out, mine, progress and rank == 0, f"build[rank {rank}]", summary)
     else:
@@ -576,7 +563,7 @@ def build_shards(
     samples_per_shard: int = 1000,
     image_format: str = "jpg",
     quality: int = 95,
-    spec=None,
+    pipeline=None,
     tokens="imagenet-star",
     class_list=None,
     engine: str = "local",
@@ -587,12 +574,13 @@ def build_shards(
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **deprecated_names,
 ) -> BuildSummary:
     """Generate shifted test sets as WebDataset shards with a checksummed manifest.
 
     Args:
         out: output folder (``out/manifest.json``, ``out/{shift}/{shift}-{k:06d}.tar``).
-        shifts, classes, per_class, seed, spec, tokens, class_list: as in
+        shifts, classes, per_class, seed, pipeline, tokens, class_list: as in
             :func:`~dsi_bench.folders.generate_folder`.
         samples_per_shard: samples per tar (the unit of resumption and of work distribution).
         image_format: ``"jpg"`` (quality recorded) or ``"png"`` (lossless: pixel-identical to synthesis).
@@ -619,20 +607,19 @@ def build_shards(
     import torch
 
     from .classes import imagenet_classes
+    from .compat import reject_unknown, renamed
+    from .images import check_image_options
     from .pipeline import PipelineSpec, check_model
     from .shifts import get_shift
     from .synthesis import Synthesizer
+    from .validate import check_positive_int
 
-    if image_format not in ("jpg", "png"):
-        raise SpecError(f"image format {image_format!r} is not supported; use jpg or png")
-    if not 1 <= quality <= 100:
-        raise SpecError(f"JPEG quality {quality} must be within 1..100, e.g. 95")
-    for name, value in (("per_class", per_class), ("samples_per_shard", samples_per_shard)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise SpecError(f"{name}={value!r} must be a positive integer")
-    if cpu_threads is not None and cpu_threads <= 0:
-        raise SpecError(f"cpu_threads={cpu_threads!r} must be a positive integer")
-    spec = spec or PipelineSpec()
+    spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="build_shards: ") or PipelineSpec()
+    reject_unknown(deprecated_names, "build_shards")
+    check_image_options(image_format, quality)
+    check_positive_int(per_class, "per_class", example=50)
+    check_positive_int(samples_per_shard, "samples_per_shard", example=1000)
+    check_positive_int(cpu_threads, "cpu_threads", optional=cpu_threads is None)
     check_model(spec.model)
     class_list = class_list or imagenet_classes()
     indices = class_list.resolve(classes)

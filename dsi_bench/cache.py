@@ -15,21 +15,13 @@ import logging
 import os
 from pathlib import Path
 
-from .files import atomic_write, ensure_writable_dir
+from .files import atomic_write, default_cache_dir, ensure_writable_dir
 
 __all__ = ["SampleCache", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
 _TEXT_KEY = "dsi_bench"
-
-
-def default_cache_dir() -> Path:
-    """``$DSI_BENCH_CACHE``, else ``$XDG_CACHE_HOME/dsi-bench/samples``, else ``~/.cache/dsi-bench/samples``."""
-    if os.environ.get("DSI_BENCH_CACHE"):
-        return Path(os.environ["DSI_BENCH_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "dsi-bench" / "samples"
 
 
 def pixel_digest(image) -> str:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 
+from .compat import reject_unknown, renamed
 from .errors import ModelLoadError, OfflineError, TokenBankError
+from .memo import Memo
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "clip_filter_shards", "clip_scores", "keep_mask"]
 
@@ -35,8 +36,8 @@ DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 OBJECT_THRESHOLD = 0.20
 SHIFT_MARGIN = 0.0
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+#: CLIP models loaded in this process (a ViT-H is 4 GB: keep few).
+_CACHE = Memo("CLIP models", 2)
 
 
 class ClipScorer:
@@ -126,32 +127,32 @@ class ClipScorer:
 
 
 def _scorer(model, tokens, use_tokens, device, dtype, batch_size) -> ClipScorer:
-    key = (str(model), None if tokens is None else tokens.fingerprint, use_tokens, device, dtype)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = ClipScorer(model, tokens=tokens, use_tokens=use_tokens, device=device, dtype=dtype,
-                                     batch_size=batch_size)
-        return _CACHE[key]
+    key = (str(model), None if tokens is None else tokens.fingerprint, use_tokens, device, dtype, batch_size)
+    return _CACHE.get_or_create(key, lambda: ClipScorer(model, tokens=tokens, use_tokens=use_tokens, device=device,
+                                                         dtype=dtype, batch_size=batch_size))
 
 
 def clip_scores(images: Sequence, class_prompts: Sequence[str], shift_prompts: Sequence[str | None], *,
-                model: str = DEFAULT_CLIP, tokens=None, use_tokens: bool | None = None, device: str = "cpu",
-                dtype: str | None = None, batch_size: int = 32) -> dict:
+                clip: str = DEFAULT_CLIP, tokens=None, use_tokens: bool | None = None, device: str = "cpu",
+                dtype: str | None = None, batch_size: int = 32, **deprecated_names) -> dict:
     """CLIP similarities of each image with its class's base prompt and its shifted prompt.
 
     Args:
         images: PIL images.
         class_prompts: per image, the base prompt (``"a photo of a <token>"`` or with the class name).
         shift_prompts: per image, the full shifted prompt, or ``None`` for base samples.
+        clip: the CLIP model, a transformers folder or Hub id (``model=`` is its deprecated name).
         tokens: the bank the prompts' tokens come from (injected when CLIP's text width matches).
 
     Returns:
         ``{"object_score": array, "shift_gain": array (nan for base), "text": "learned tokens"|"class names",
         "model": name}``. Deterministic for a given model, device and dtype.
     """
+    clip = renamed(deprecated_names, "model", "clip", clip, default=DEFAULT_CLIP, where="clip_scores: ")
+    reject_unknown(deprecated_names, "clip_scores")
     if not (len(images) == len(class_prompts) == len(shift_prompts)):
         raise ValueError("images, class_prompts and shift_prompts must have the same length")
-    scorer = _scorer(model, tokens, use_tokens, device, dtype, batch_size)
+    scorer = _scorer(clip, tokens, use_tokens, device, dtype, batch_size)
     img = scorer.image_features(images)
     base_text = scorer.text_features(class_prompts)
     object_score = (img * base_text).sum(-1).cpu().numpy()
@@ -174,16 +175,18 @@ def keep_mask(object_score, shift_gain, object_threshold: float = OBJECT_THRESHO
     return (object_score >= object_threshold) & shift_ok
 
 
-def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_tokens: bool | None = None,
+def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, tokens=None, use_tokens: bool | None = None,
                        shifts=None, object_threshold: float = OBJECT_THRESHOLD, shift_margin: float = SHIFT_MARGIN,
                        device: str = "cpu", dtype: str | None = None, batch_size: int = 32,
-                       scores_path=None, masks_path=None, progress: bool = True) -> dict:
+                       scores_out=None, masks_out=None, progress: bool = True, **deprecated_names) -> dict:
     """Score every sample of a shard folder; write a keyed scores sidecar and a keyed masks file.
 
     The prompts come from each sample's metadata (``prompt``, ``token``, ``shift_template``);
     without a bank, class names replace the tokens. Outputs default to ``ROOT/clip_scores.npz``
     (``keys``, ``object_score``, ``shift_gain`` and the settings) and ``ROOT/clip_masks.npz`` (the
-    keyed masks that ``ShiftedImageNet(masks=...)`` and ``evaluate(masks=...)`` take).
+    keyed masks that ``ShiftedImageNet(masks=...)`` and ``evaluate(masks=...)`` take); ``scores_out`` and
+    ``masks_out`` choose other paths. ``model``, ``scores_path`` and ``masks_path`` are deprecated names
+    of ``clip``, ``scores_out`` and ``masks_out``.
 
     Returns:
         ``{"scores": path, "masks": path, "kept": {shift: (kept, n)}, "text": ...}``.
@@ -201,6 +204,10 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
     from .shifts import TOKEN
     from .tokens import load_tokens
 
+    clip = renamed(deprecated_names, "model", "clip", clip, default=DEFAULT_CLIP, where="clip_filter_shards: ")
+    scores_out = renamed(deprecated_names, "scores_path", "scores_out", scores_out, where="clip_filter_shards: ")
+    masks_out = renamed(deprecated_names, "masks_path", "masks_out", masks_out, where="clip_filter_shards: ")
+    reject_unknown(deprecated_names, "clip_filter_shards")
     shardset = ShardSet(root)
     bank = load_tokens(tokens) if tokens is not None and not hasattr(tokens, "fingerprint") else tokens
     shift_ids = list(shifts) if shifts else shardset.shifts
@@ -221,7 +228,7 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
                     base_p.append(f"a photo of a {name}")
                     shift_p.append(None if shift_id == "base" else template.replace(TOKEN, str(name)))
                     keys.append(sample["__key__"])
-                out = clip_scores(images, base_p, shift_p, model=model, tokens=bank, use_tokens=use_tokens,
+                out = clip_scores(images, base_p, shift_p, clip=clip, tokens=bank, use_tokens=use_tokens,
                                   device=device, dtype=dtype, batch_size=batch_size)
                 text_mode = out["text"]
                 objects.append(out["object_score"])
@@ -233,10 +240,10 @@ def clip_filter_shards(root, *, model: str = DEFAULT_CLIP, tokens=None, use_toke
     keep = keep_mask(object_score, shift_gain, object_threshold, shift_margin)
     kept = {s: (int(keep[a:b].sum()), b - a) for s, (a, b) in spans.items()}
     local = Path(str(root))
-    scores_path = Path(scores_path) if scores_path else local / "clip_scores.npz"
-    masks_path = Path(masks_path) if masks_path else local / "clip_masks.npz"
+    scores_path = Path(scores_out) if scores_out else local / "clip_scores.npz"
+    masks_path = Path(masks_out) if masks_out else local / "clip_masks.npz"
     buf = io.BytesIO()
-    settings = json.dumps({"model": model, "text": text_mode, "object_threshold": object_threshold,
+    settings = json.dumps({"model": clip, "text": text_mode, "object_threshold": object_threshold,
                            "shift_margin": shift_margin, "rule": "object_score >= object_threshold and "
                            "(base or shift_gain >= shift_margin)"})
     np.savez(buf, keys=np.array(keys), object_score=object_score, shift_gain=shift_gain, keep=keep,

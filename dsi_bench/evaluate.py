@@ -1,6 +1,6 @@
 """The benchmark harness: any classifier, every shift of a source, one streaming pass per shift.
 
-``evaluate(model, shifts="all", source="shards", root=...)`` loads the model (see
+``evaluate(classifier, data={"source": "shards", "root": ...})`` loads the classifier (see
 :mod:`dsi_bench.models`), streams each shift through a ``DataLoader`` (workers decode ahead,
 pinned memory and non-blocking copies on CUDA, optional AMP and ``channels_last``), keeps only
 each sample's top-5 labels (a few bytes per sample), checks that every selected sample was seen
@@ -22,39 +22,37 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .classes import ClassList, imagenet_classes
+from .classes import imagenet_classes
 from .errors import DsiBenchError, SpecError
 from .models import ClassMap, LoadedModel, load_model
 from .results import Results, ShiftPredictions, build_results
 
-__all__ = ["data_info", "evaluate", "hardware_info", "resolve_shifts", "write_predictions"]
+__all__ = ["data_arguments", "data_info", "evaluate", "hardware_info", "resolve_shifts", "write_predictions"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_shifts(shifts, source: str, root) -> list[str]:
+def resolve_shifts(shifts, source: str | None, root) -> list[str]:
     """Shift ids to evaluate: ``"all"`` (what the source holds), a comma list, or a sequence; base first.
 
     Ids the source holds (custom ones included) are taken as they are; other names go through
     :func:`~dsi_bench.shifts.get_shift`.
+
+    Raises:
+        SpecError: unknown source, or a source that needs a root without one.
+        DsiBenchError: nothing to evaluate.
     """
-    from .shifts import get_shift, list_shifts
+    from .shifts import get_shift
+    from .sources import source_class
 
     available: list[str] = []
-    if source == "shards" and root is not None:
-        from .shards import ShardSet
-
-        available = ShardSet(root).shifts
-    elif source == "imagenet-star" and root is not None:
-        from .release import release_shifts
-
-        available = release_shifts(root)
-    elif source == "hub" and root is not None:
-        import datasets
-
-        available = list(datasets.get_dataset_config_names(str(root)))
+    if source is not None:  # None: names only (scoring a file without its data)
+        cls = source_class(source)
+        if cls.root_help is not None and root is None:
+            raise SpecError(f"source {source!r} needs root= (--root): {cls.root_help}")
+        available = cls.available_shifts(root)
     if shifts is None or shifts == "all":
-        ids = available if source in ("shards", "imagenet-star", "hub") else [s.id for s in list_shifts()]
+        ids = list(available)
     else:
         names = [s.strip() for s in shifts.split(",")] if isinstance(shifts, str) else list(shifts)
         ids = [s if s in available else get_shift(s).id for s in names if s]
@@ -80,28 +78,6 @@ def hardware_info(device: str) -> dict:
     return info
 
 
-def _fingerprint(ds) -> str:
-    """What the samples of one shift are: manifest records, release listing, or generation plan."""
-    h = hashlib.sha256()
-    if ds.source == "shards":
-        for r in ds._store.shards(ds.shift.id):
-            h.update(f"{r['path']}:{r['sha256']}\n".encode())
-    elif ds.source == "imagenet-star":
-        for e in ds._store.entries:
-            h.update(f"{e.release_key}\0{e.size}\n".encode())
-    elif ds.source == "hub":
-        h.update(f"{ds._store.fingerprint}\n".encode())
-        for key, label in zip(ds.keys, ds.targets):
-            h.update(f"{key}:{label}\n".encode())
-    else:
-        s = ds.synthesizer
-        plan = {"model": s.model_fingerprint, "tokens": None if s.tokens is None else s.tokens.fingerprint,
-                "settings": s.spec.pixel_settings(), "seed": ds.seed, "template": ds.shift.template}
-        h.update(repr(sorted(plan.items())).encode())
-    h.update(f"|classes={ds.class_indices}|per_class={ds.per_class}".encode())
-    return h.hexdigest()
-
-
 def _masks_id(masks) -> str | None:
     if masks is None or masks is False:
         return None
@@ -117,9 +93,15 @@ def _masks_id(masks) -> str | None:
     return f"{os.path.basename(path)}:sha256:{sha256_file(path)}" if os.path.isfile(path) else path
 
 
-def data_info(source: str, root, masks, classes, fingerprints: dict[str, str], manifest: str | None) -> dict:
-    """The ``data`` section of a results file: source, masks and fingerprints (shared by eval and score)."""
-    masks_id = "keep flags in the shards" if (masks is True and source == "shards") else _masks_id(masks)
+def data_info(source: str, root, masks, classes, fingerprints: dict[str, str], manifest: str | None, *,
+              backend_masks=None) -> dict:
+    """The ``data`` section of a results file: source, masks and fingerprints (shared by eval and score).
+
+    ``backend_masks`` is the mask policy the source applied (``FLAGS`` names the recorded keep flags).
+    """
+    from .sources.base import FLAGS
+
+    masks_id = FLAGS.source if (masks is True and backend_masks is FLAGS) else _masks_id(masks)
     fp = hashlib.sha256()
     for s in sorted(fingerprints):
         fp.update(f"{s}:{fingerprints[s]}\n".encode())
@@ -181,32 +163,78 @@ class _Predictor:
         return idx
 
 
-def _distributed(device: str):
-    """(dist module or None, created_here): joins the torchrun process group when WORLD_SIZE > 1."""
-    import torch.distributed as dist
+#: ``ShiftedImageNet`` arguments that ``evaluate`` and ``score_predictions`` took directly before 0.2.
+_LEGACY_DATA_KEYS = ("source", "root", "classes", "per_class", "masks", "class_list")
 
-    if not dist.is_available():
-        return None, False
-    if dist.is_initialized():
-        return (dist if dist.get_world_size() > 1 else None), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        return dist, True
-    return None, False
+
+def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> dict:
+    """``ShiftedImageNet`` arguments from ``data=`` and the pre-0.2 ways of passing them.
+
+    Old calls passed the data as keywords (``source=``, ``root=``, ``classes=``, ...) and
+    ``source``/``root`` positionally; they still work, with a ``DeprecationWarning``.
+
+    Raises:
+        TypeError: too many positional arguments, or the same argument given twice.
+        SpecError: a key that is not a ``ShiftedImageNet`` argument.
+    """
+    import inspect
+
+    from .compat import deprecated
+    from .datasets import ShiftedImageNet, dataset_arguments
+
+    dataset_params = set(inspect.signature(ShiftedImageNet).parameters) - {"shift", "transform", "target_transform"}
+    moved = {k: legacy.pop(k) for k in list(legacy) if k in dataset_params}
+    if len(legacy_positional) > 2:
+        raise TypeError(f"{where}() takes at most 4 positional arguments")
+    moved.update(zip(("source", "root"), legacy_positional))
+    if moved:
+        names = ", ".join(moved)
+        deprecated(f"passing {names} to {where}() directly is deprecated; pass them in data={{...}}", stacklevel=4)
+    if data is None:
+        args = {}
+    else:
+        args = dataset_arguments(data)
+    clash = [k for k in moved if k in args]
+    if clash:
+        raise TypeError(f"{where}() got {clash[0]!r} both in data= and as a deprecated keyword; pass it in data=")
+    return {**args, **moved}
+
+
+def _jsonable(value):
+    """A dataset argument as results record it (paths as text, objects by their identity)."""
+    import dataclasses
+
+    from .classes import ClassList
+    from .masks import Masks
+    from .tokens import TokenBank
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, TokenBank):
+        return {"token_bank": value.fingerprint, "classes": len(value), "base_model": value.base_model}
+    if isinstance(value, ClassList):
+        return {"class_list": value.name, "classes": len(value)}
+    if isinstance(value, Masks):
+        return {"masks": value.source}
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
 
 
 def evaluate(
-    model,
-    shifts="all",
-    source: str = "shards",
-    root=None,
-    *,
+    classifier=None,
+    data=None,
+    *legacy_positional,
+    shifts=None,
     weights: str | None = None,
     transform: Callable | None = None,
     name: str | None = None,
-    classes=None,
-    per_class: int | None = None,
-    masks=False,
     class_map=None,
     restrict: bool = False,
     batch_size: int = 64,
@@ -214,34 +242,40 @@ def evaluate(
     device: str = "cpu",
     amp: bool = False,
     channels_last: bool | None = None,
-    class_list: ClassList | None = None,
     predictions: str | os.PathLike | None = None,
     progress: bool = True,
     worst_k: int = 10,
-    **dataset_kwargs,
+    **legacy,
 ) -> Results:
-    """Evaluate a classifier on every requested shift of a source.
+    """Evaluate a classifier on every requested shift of a data source.
 
     Args:
-        model: a spec string (``torchvision:resnet50``, ``timm:...``, ``hf:...``, ``file.py:fn``,
+        classifier: a spec string (``torchvision:resnet50``, ``timm:...``, ``hf:...``, ``file.py:fn``,
             ``pkg.mod:fn``, ``model.pt``), an ``nn.Module``, or a :class:`~dsi_bench.models.LoadedModel`.
-        shifts: ``"all"`` (every shift the source holds), ``"base,in_the_snow"``, or a list.
-        source, root, classes, per_class, masks: as in :class:`~dsi_bench.ShiftedImageNet`
-            (extra keyword arguments go to it too, e.g. ``model=``/``tokens=`` for ``"synth"``;
-            pass the generator as ``pipeline=`` there since ``model`` names the classifier).
-        weights, transform: passed to :func:`~dsi_bench.models.load_model`.
+        data: the data, as one object: a :class:`~dsi_bench.ShiftedImageNet` (its arguments are reused
+            for every shift) or a dict of its arguments, e.g. ``{"source": "shards", "root": "shards/"}``
+            or ``{"source": "synth", "generator": "./sd2", "tokens": "tokens.zip", "device": "cuda"}``
+            (generation settings live here, so they never collide with the classifier's).
+        shifts: ``"all"`` (every shift the source holds; the default for a dict), ``"base,in_the_snow"``
+            or a list. For a dataset the default is its shift, with ``base`` for the paired metrics.
+        weights, transform: passed to :func:`~dsi_bench.models.load_model`; ``transform`` is the
+            classifier's preprocessing (a dataset's own transform is not used).
         name: display name in tables and leaderboards (default: the spec and weights).
-        class_map: a :class:`~dsi_bench.models.ClassMap` or JSON path, for models whose outputs are
-            not the label space's classes.
+        class_map: a :class:`~dsi_bench.models.ClassMap` or JSON path, for classifiers whose outputs
+            are not the label space's classes.
         restrict: predict only among the evaluated classes (when evaluating a subset).
-        batch_size, num_workers: the ``DataLoader``'s (workers default: up to 4; 0 for ``"synth"``).
-        device, amp, channels_last: where and how to run the model (AMP: fp16 on CUDA, bf16 on CPU;
+        batch_size, num_workers: the classifier's ``DataLoader`` (workers default: up to 4; 0 for
+            ``"synth"``).
+        device, amp, channels_last: where and how to run the classifier (AMP: fp16 on CUDA, bf16 on CPU;
             ``channels_last`` defaults to on for CUDA).
         predictions: also write per-sample predictions as CSV (``key,label,prediction,top5``),
             which ``dsi-bench score`` reads back to the same results.
 
+    Deprecated (0.2): ``evaluate(model, shifts, source, root, classes=..., masks=..., ...)``; the
+    classifier was ``model=`` and the data's arguments were keywords of ``evaluate`` itself.
+
     Returns:
-        :class:`~dsi_bench.results.Results`.
+        :class:`~dsi_bench.results.Results`, with every setting of the run in ``results.run``.
 
     Raises:
         SpecError, ShardError, ReleaseError, MaskError, ModelLoadError, OfflineError: bad input,
@@ -251,13 +285,33 @@ def evaluate(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from .compat import deprecated, reject_unknown, renamed
     from .datasets import ShiftedImageNet
+    from .dist import World, init_process_group
     from .pipeline import resolve_device
+    from .results import RunConfig
+    from .validate import check_non_negative_int, check_positive_int
 
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise SpecError(f"batch_size={batch_size!r} must be a positive integer")
-    loaded: LoadedModel = load_model(model, weights, transform)
-    class_list = class_list or imagenet_classes()
+    classifier = renamed(legacy, "model", "classifier", classifier, where="evaluate: ")
+    if classifier is None:
+        raise TypeError("evaluate() needs the classifier to evaluate (first argument)")
+    if isinstance(data, (str, list, tuple)):  # evaluate(model, "all", ...) before 0.2: the shifts
+        deprecated("evaluate(classifier, SHIFTS, ...) is now evaluate(classifier, data, shifts=SHIFTS)")
+        data, shifts = None, data
+    own_shift = data.shift.id if isinstance(data, ShiftedImageNet) else None
+    args = data_arguments(data, legacy_positional, legacy, "evaluate")
+    reject_unknown(legacy, "evaluate")
+    if "source" not in args and "root" not in args:
+        raise SpecError("evaluate needs data=: a ShiftedImageNet or a dict of its arguments, e.g. "
+                        "{'source': 'shards', 'root': 'shards/'}")
+    if shifts is None:
+        shifts = "all" if own_shift is None else (["base"] if own_shift != "base" else []) + [own_shift]
+    check_positive_int(batch_size, "batch_size", example=64)
+    if num_workers is not None:
+        check_non_negative_int(num_workers, "num_workers")
+    source, root = args.get("source", "synth"), args.get("root")
+    loaded: LoadedModel = load_model(classifier, weights, transform)
+    class_list = args.get("class_list") or imagenet_classes()
     if class_map is not None and not isinstance(class_map, ClassMap):
         class_map = ClassMap.load(class_map, class_list)
     if class_map is None and loaded.num_outputs is not None and loaded.num_outputs != len(class_list):
@@ -267,9 +321,9 @@ def evaluate(
         raise SpecError(f"the class map {class_map.source!r} lists {len(class_map)} outputs but {loaded.name} has "
                         f"{loaded.num_outputs}")
     device = resolve_device(device)
-    dist, created = _distributed(device)
-    if dist is not None and device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    dist, created = init_process_group(device)
+    if dist is not None:
+        device = World.from_env().device(device)
     shift_ids = resolve_shifts(shifts, source, root)
     is_cuda = device.startswith("cuda")
     channels_last = is_cuda if channels_last is None else channels_last
@@ -284,17 +338,18 @@ def evaluate(
     preds: dict[str, ShiftPredictions] = {}
     fingerprints: dict[str, str] = {}
     data_root = None
+    draft = None
+    backend_masks = None
     try:
         for shift_id in shift_ids:
-            ds = ShiftedImageNet(shift_id, source=source, root=root, classes=classes, per_class=per_class,
-                                 masks=masks, class_list=class_list, transform=loaded.transform, **dataset_kwargs)
+            ds = ShiftedImageNet(shift_id, **args, transform=loaded.transform)
             expected = ds.keys
             if not expected:
                 raise DsiBenchError(f"shift {shift_id!r} of {source} {root!r} has no samples to evaluate "
                                     "(empty source, or every sample masked out)")
-            fingerprints[shift_id] = _fingerprint(ds)
-            if source in ("shards", "hub"):
-                data_root = ds._store.fingerprint
+            fingerprints[shift_id] = ds.fingerprint()
+            data_root = ds.backend.data_fingerprint
+            draft, backend_masks = ds.draft, ds.backend.masks
             predictor = _Predictor(len(class_list), class_map, ds.class_indices if restrict else None)
             loader = DataLoader(ds.stream(return_key=True), batch_size=batch_size, num_workers=num_workers,
                                 pin_memory=is_cuda, persistent_workers=False,
@@ -326,10 +381,12 @@ def evaluate(
                 raise DsiBenchError(f"{shift_id}: evaluated {len(keys)} samples ({len(seen)} distinct) but the source "
                                     f"selects {len(expected)}; missing e.g. {missing[:3]}")
             preds[shift_id] = ShiftPredictions(*shard).sorted()
+        world_size = dist.get_world_size() if dist is not None else 1
     finally:
         if created:
             dist.destroy_process_group()
-    data = data_info(source, root, masks, classes, fingerprints, data_root)
+    info = data_info(source, root, args.get("masks", False), args.get("classes"), fingerprints, data_root,
+                     backend_masks=backend_masks)
     model_info = {
         "name": name or loaded.name,
         "spec": loaded.spec,
@@ -340,8 +397,13 @@ def evaluate(
         "restricted_to_evaluated_classes": bool(restrict),
         "amp": bool(amp),
     }
-    results = build_results(preds, class_names=class_list.names, model=model_info, data=data,
-                            label_space=class_list.name, hardware=hardware_info(device), worst_k=worst_k)
+    run = RunConfig(batch_size=batch_size, num_workers=num_workers, device=device, amp=bool(amp),
+                    amp_dtype=str(amp_dtype).replace("torch.", "") if amp else None, channels_last=bool(channels_last),
+                    decode="draft" if draft else "full", draft_size=draft, restrict=bool(restrict),
+                    class_map=None if class_map is None else class_map.source, world_size=world_size,
+                    dataset=_jsonable(args))
+    results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
+                            label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k)
     if predictions is not None and rank0:
         write_predictions(preds, predictions)
     return results

@@ -10,7 +10,18 @@ from pathlib import Path
 
 from .errors import CacheError
 
-__all__ = ["atomic_write", "canonical_json", "ensure_writable_dir", "read_json", "sha256_file"]
+__all__ = ["atomic_write", "canonical_json", "default_cache_dir", "ensure_writable_dir", "read_json", "sha256_file"]
+
+
+def default_cache_dir() -> Path:
+    """Where the package caches on disk (samples, shard indexes, fetched masks).
+
+    ``$DSI_BENCH_CACHE``, else ``$XDG_CACHE_HOME/dsi-bench/samples``, else ``~/.cache/dsi-bench/samples``.
+    """
+    if os.environ.get("DSI_BENCH_CACHE"):
+        return Path(os.environ["DSI_BENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dsi-bench" / "samples"
 
 
 def _current_umask() -> int:

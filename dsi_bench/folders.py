@@ -16,19 +16,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .classes import ClassList, imagenet_classes
-from .errors import SpecError
+from .compat import reject_unknown, renamed
 from .files import atomic_write, ensure_writable_dir
-from .images import encode_image
+from .images import check_image_options, encode_image
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
 from .tokens import TokenBank
+from .validate import check_positive_int
 
-__all__ = ["generate_folder", "run_demo", "run_demo_eval", "run_demo_shards"]
+__all__ = ["generate_folder"]
 
 logger = logging.getLogger(__name__)
-
-_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 
 
 def _read_metadata(path: Path) -> dict[str, dict]:
@@ -51,13 +50,14 @@ def generate_folder(
     classes: str | Sequence[int] | None = None,
     per_class: int = 50,
     seed: int = 0,
-    spec: PipelineSpec | None = None,
+    pipeline: PipelineSpec | None = None,
     tokens: TokenBank | str | os.PathLike | None = "imagenet-star",
     class_list: ClassList | None = None,
     image_format: str = "png",
     quality: int = 95,
     cache_dir: str | os.PathLike | bool | None = None,
     progress: bool = True,
+    **deprecated_names,
 ) -> list[dict]:
     """Generate image folders, one per shift, resuming where a previous run stopped.
 
@@ -67,7 +67,7 @@ def generate_folder(
         classes: class spec (``"0-9,207"``); default all.
         per_class: images per class.
         seed: base seed.
-        spec: pipeline spec (default: the reference's).
+        pipeline: pipeline spec (default: the reference's).
         tokens: class tokens (see :func:`~dsi_bench.tokens.load_tokens`); ``None`` = class names.
         class_list: label space (default ImageNet-1k).
         image_format: ``"png"`` or ``"jpg"``.
@@ -80,14 +80,11 @@ def generate_folder(
     """
     from tqdm.auto import tqdm
 
-    if image_format not in _FORMATS:
-        raise SpecError(f"image format {image_format!r} is not supported; use png or jpg")
-    if not 1 <= quality <= 100:
-        raise SpecError(f"JPEG quality {quality} must be within 1..100, e.g. 95")
-    if not isinstance(per_class, int) or per_class <= 0:
-        raise SpecError(f"per_class={per_class!r} must be a positive integer, e.g. 50")
+    spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="generate_folder: ") or PipelineSpec()
+    reject_unknown(deprecated_names, "generate_folder")
+    check_image_options(image_format, quality)
+    check_positive_int(per_class, "per_class", example=50)
     out = ensure_writable_dir(out, "output folder")
-    spec = spec or PipelineSpec()
     check_model(spec.model)
     class_list = class_list or imagenet_classes()
     indices = class_list.resolve(classes)
@@ -138,57 +135,3 @@ def generate_folder(
             }
         )
     return summary
-
-
-#: What ``make demo`` generates: a few shifts, a few classes, on the tiny random pipeline.
-DEMO_SHIFTS = ("base", "in the snow", "at night", "oil painting", "a watercolor painting of a <TOKEN>")
-
-
-def run_demo(out: str | os.PathLike = "demo_out", *, progress: bool = True) -> list[dict]:
-    """Offline end-to-end run: build the tiny pipeline and tokens, then generate shifted folders."""
-    from .testing import save_tiny_pipeline, save_tiny_tokens
-
-    out = ensure_writable_dir(out, "demo folder")
-    model, tokens = out / "tiny-sd", out / "tiny-tokens.safetensors"
-    if not (model / "model_index.json").is_file():
-        save_tiny_pipeline(model)
-    if not tokens.is_file():
-        save_tiny_tokens(tokens)
-    spec = PipelineSpec(model=str(model), steps=10, out_size=None, batch_size=8)
-    plan = dict(shifts=DEMO_SHIFTS, classes="0-3,207", per_class=4, spec=spec, tokens=tokens, cache_dir=out / "cache",
-                progress=progress)
-    return generate_folder(out / "images", **plan)
-
-
-def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = True):
-    """The demo's samples as verified WebDataset shards (served from the demo's sample cache)."""
-    from .build import build_shards
-    from .shards import verify_shards
-
-    out = Path(out)
-    spec = PipelineSpec(model=str(out / "tiny-sd"), steps=10, out_size=None, batch_size=8)
-    summary = build_shards(out / "shards", shifts=DEMO_SHIFTS, classes="0-3,207", per_class=4, spec=spec,
-                           tokens=out / "tiny-tokens.safetensors", cache_dir=out / "cache", image_format="png",
-                           samples_per_shard=10, progress=progress)
-    return summary, verify_shards(out / "shards")
-
-
-def run_demo_eval(out: str | os.PathLike = "demo_out", *, progress: bool = True):
-    """Evaluate three tiny random classifiers on the demo shards; write results and a leaderboard.
-
-    Returns:
-        ``(results of the first model, leaderboard paths)``.
-    """
-    from .evaluate import evaluate
-    from .leaderboard import make_leaderboard
-    from .testing import tiny_classifier
-
-    out = Path(out)
-    first = None
-    for name, seed, width in (("tiny-cnn-a", 0, 8), ("tiny-cnn-b", 1, 16), ("tiny-cnn-c", 2, 4)):
-        module, transform = tiny_classifier(seed=seed, width=width)
-        results = evaluate(module, "all", source="shards", root=out / "shards", transform=transform, name=name,
-                           num_workers=0, progress=progress)
-        results.save(out / "results" / f"{name}.json")
-        first = first or results
-    return first, make_leaderboard(out / "results", out / "leaderboard")

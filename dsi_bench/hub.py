@@ -20,7 +20,6 @@ comes from ``HF_TOKEN`` or the login cache and is never printed or written.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -28,17 +27,18 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from .compat import reject_unknown, renamed
 from .errors import OfflineError, ShardError, SpecError
+from .layout import DATASET_FORMATS
+from .sources.hub import SPLIT, HubSet  # the reader lives with its source plugin
 
 __all__ = ["FORMATS", "HubSet", "export_dataset", "publish"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("webdataset", "parquet")
-SPLIT = "test"
+FORMATS = DATASET_FORMATS
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 _LARGE = 1 << 30  # above this, upload_large_folder (resumable, parallel)
 CITATION = """@article{vendrow2023dataset,
@@ -177,9 +177,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def export_dataset(shards_dir, out, *, fmt: str = "webdataset", repo: str | None = None,
-                   license_id: str | None = None, class_list=None, progress: bool = False) -> dict:
+def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo: str | None = None,
+                   license_id: str | None = None, class_list=None, **deprecated_names) -> dict:
     """Lay out a dataset repository in ``out`` (see the module docs); nothing is uploaded.
+
+    Args:
+        shards_dir: a local shard folder (``dsi-bench build`` / ``convert`` output).
+        out: the folder to lay the repository out in.
+        dataset_format: ``"webdataset"`` (the tars as built) or ``"parquet"``.
+        repo: the repository id the card's examples name.
+        license_id: the card's license (default: by the data's origin).
+        class_list: the label space (default ImageNet-1k), for the label feature.
+
+    Returns:
+        ``{"out", "format", "shifts": {shift: n}, "plan_hash"}``.
 
     Raises:
         ShardError: no manifest, or shards that disagree with it (named); a shift with no samples.
@@ -189,6 +200,9 @@ def export_dataset(shards_dir, out, *, fmt: str = "webdataset", repo: str | None
     from .files import atomic_write, ensure_writable_dir
     from .shards import ShardSet, verify_shards
 
+    fmt = renamed(deprecated_names, "fmt", "dataset_format", dataset_format, default="webdataset",
+                  where="export_dataset: ")
+    reject_unknown(deprecated_names, "export_dataset")
     if fmt not in FORMATS:
         raise SpecError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     shards = ShardSet(shards_dir)
@@ -277,14 +291,14 @@ def _probe(api) -> None:
     get_session().head(api.endpoint, timeout=10)
 
 
-def publish(shards_dir, repo: str, *, fmt: str = "webdataset", private: bool = False, dry_run=None,
+def publish(shards_dir, repo: str, *, dataset_format: str = "webdataset", private: bool = False, dry_run=None,
             force: bool = False, token: str | None = None, endpoint: str | None = None,
-            license_id: str | None = None, progress: bool = True) -> dict:
+            license_id: str | None = None, progress: bool = True, **deprecated_names) -> dict:
     """Export a shard folder and upload it as a dataset repository (or only export, with ``dry_run``).
 
     Args:
         repo: ``USER/NAME``.
-        fmt: ``"webdataset"`` (the tars as built) or ``"parquet"``.
+        dataset_format: ``"webdataset"`` (the tars as built) or ``"parquet"``.
         dry_run: a folder: write exactly what would be uploaded there, upload nothing.
         force: publish over an existing repository whose manifest has another plan.
         token: a Hub token (default: ``HF_TOKEN`` or the login cache); never logged.
@@ -295,9 +309,12 @@ def publish(shards_dir, repo: str, *, fmt: str = "webdataset", private: bool = F
             repository of another plan (without ``force``).
         OfflineError: the Hub cannot be reached (the message suggests ``--dry-run``).
     """
+    fmt = renamed(deprecated_names, "fmt", "dataset_format", dataset_format, default="webdataset",
+                  where="publish: ")
+    reject_unknown(deprecated_names, "publish")
     check_repo_id(repo)
     if dry_run is not None:
-        result = export_dataset(shards_dir, dry_run, fmt=fmt, repo=repo, license_id=license_id)
+        result = export_dataset(shards_dir, dry_run, dataset_format=fmt, repo=repo, license_id=license_id)
         return {**result, "uploaded": False}
     from huggingface_hub import HfApi
 
@@ -309,7 +326,7 @@ def publish(shards_dir, repo: str, *, fmt: str = "webdataset", private: bool = F
     # Stage beside the shards (same file system): the tars are hard-linked, not copied.
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=str(Path(shards_dir).expanduser())))
     try:
-        result = export_dataset(shards_dir, staging, fmt=fmt, repo=repo, license_id=license_id)
+        result = export_dataset(shards_dir, staging, dataset_format=fmt, repo=repo, license_id=license_id)
         try:
             remote = _remote_plan_hash(api, repo)
             if remote is not None and remote != result["plan_hash"] and not force:
@@ -344,85 +361,3 @@ def _remote_plan_hash(api, repo: str) -> str | None:
         return json.loads(Path(path).read_text()).get("plan_hash")
     except (OSError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------------- loading back
-@dataclass(frozen=True)
-class HubEntry:
-    key: str
-    label: int
-    keep: bool | None
-    row: int
-
-
-class HubSet:
-    """One shift of a published set (a Hub repo id or a local export), through ``datasets``.
-
-    ``entries`` are ``(key, label)`` rows; images decode on access.
-    """
-
-    def __init__(self, root, shift_id: str, *, revision: str | None = None, streaming: bool = False):
-        import datasets
-
-        self.root = str(root)
-        self.shift_id = shift_id
-        kwargs = {}
-        if Path(self.root).is_dir() and self.fingerprint:
-            # datasets keys its cache of a local folder by the folder's name, not its content: key it by
-            # the manifest instead, so a re-export into the same folder is never served stale
-            from .cache import default_cache_dir
-
-            kwargs["cache_dir"] = str(default_cache_dir() / "hub-datasets" / self.fingerprint[:16])
-        try:
-            self.ds = datasets.load_dataset(self.root, name=shift_id, split=SPLIT, revision=revision,
-                                            streaming=streaming, **kwargs)
-        except ValueError as e:
-            raise ShardError(f"{self.root!r} has no configuration {shift_id!r} ({str(e).splitlines()[0][:200]})") \
-                from None
-        except (FileNotFoundError, ConnectionError) as e:
-            raise OfflineError(f"cannot load {self.root!r} ({type(e).__name__}); offline, pass the folder of a "
-                               "local export or snapshot (hf download --repo-type dataset ...)") from None
-        cols = set(self.ds.column_names or [])
-        self.image_col = next((c for c in ("image", "png", "jpg", "jpeg", "webp") if c in cols), None)
-        self.label_col = "label" if "label" in cols else "cls"
-        self.key_col = "key" if "key" in cols else "__key__"
-        self.meta_col = "metadata" if "metadata" in cols else "json"
-        if self.image_col is None or self.label_col not in cols:
-            raise ShardError(f"{self.root!r} config {shift_id!r} has no image or label column "
-                             f"(columns: {sorted(cols)})")
-
-    @functools.cached_property
-    def fingerprint(self) -> str | None:
-        """The published manifest's fingerprint (equal to the source shard folder's), if it has one."""
-        import hashlib
-
-        try:
-            if Path(self.root).is_dir():
-                path = Path(self.root) / "manifest.json"
-            else:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(self.root, "manifest.json", repo_type="dataset"))
-            manifest = json.loads(path.read_text())
-        except Exception:  # noqa: BLE001 - no manifest published: no fingerprint
-            return None
-        return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-    def entries(self, with_flags: bool = False) -> list[HubEntry]:
-        """Every row as ``(key, label, keep flag, row)``; flags read from the metadata only when asked."""
-        cols = [self.key_col, self.label_col] + ([self.meta_col] if with_flags else [])
-        table = self.ds.select_columns(cols)
-        keys, labels = table[self.key_col], table[self.label_col]
-        flags = [None] * len(keys)
-        if with_flags:
-            metas = table[self.meta_col]
-            flags = [(json.loads(m) if isinstance(m, str) else (m or {})).get("keep") for m in metas]
-        return [HubEntry(k, int(y), f, i) for i, (k, y, f) in enumerate(zip(keys, labels, flags))]
-
-    def load_image(self, row: int):
-        image = self.ds[row][self.image_col]
-        return image if image.mode == "RGB" else image.convert("RGB")
-
-    def metadata(self, row: int) -> dict:
-        meta = self.ds[row][self.meta_col]
-        return json.loads(meta) if isinstance(meta, str) else dict(meta or {})

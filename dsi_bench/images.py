@@ -14,10 +14,22 @@ import io
 
 from .errors import SpecError
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_error", "decode_image", "draft_size", "encode_image"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "check_image_options", "decode_error", "decode_image", "draft_size",
+           "encode_image"]
 
 #: File extensions read as images, with their PIL format names.
 IMAGE_EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+#: Formats generated samples are written in: ``png`` (lossless) or ``jpg`` (with a quality).
+IMAGE_FORMATS = ("png", "jpg")
+
+
+def check_image_options(image_format: str, quality: int) -> None:
+    """Raise :class:`SpecError` for an unknown image format or a JPEG quality outside 1..100."""
+    from .validate import check_int_range
+
+    if image_format not in IMAGE_FORMATS:
+        raise SpecError(f"image format {image_format!r} is not supported; use png or jpg")
+    check_int_range(quality, "quality", 1, 100, example=95)
 
 
 def encode_image(image, image_format: str, quality: int = 95) -> bytes:
@@ -28,7 +40,7 @@ def encode_image(image, image_format: str, quality: int = 95) -> bytes:
     elif image_format == "png":
         image.save(buf, format="PNG")
     else:
-        raise SpecError(f"image format {image_format!r} is not supported; use png or jpg")
+        check_image_options(image_format, quality)
     return buf.getvalue()
 
 

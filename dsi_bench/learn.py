@@ -33,8 +33,10 @@ from pathlib import Path
 from .classes import ClassInfo, ClassList
 from .errors import SpecError, TokenBankError
 from .files import atomic_write
+from .validate import check_choice, check_non_negative_int, check_positive_int
 
-__all__ = ["IMAGENET_TEMPLATES", "PRESETS", "TrainingData", "learn_tokens", "load_training_data"]
+__all__ = ["IMAGENET_TEMPLATES", "PRESETS", "TokenTrainer", "TrainConfig", "TrainingData", "learn_tokens",
+           "load_training_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,17 @@ PRESETS = {
 class TrainingData:
     """Images per class: ``items[c]`` = image paths (or PIL images) of label-space class ``c``."""
 
-    classes: ClassList
+    class_list: ClassList
     items: dict[int, list]
     skipped: int = 0  # images that failed to decode
+
+    @property
+    def classes(self) -> ClassList:
+        """Deprecated name of :attr:`class_list`."""
+        from .compat import deprecated
+
+        deprecated("TrainingData.classes is now TrainingData.class_list")
+        return self.class_list
 
 
 def _open_rgb(item):
@@ -170,14 +180,381 @@ def _prepare_images(items: list, resolution: int):
     return (torch.stack(out) if out else None), skipped
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of token learning (frozen: one object describes a run and is recorded in the bank).
+
+    Build one from a preset with :meth:`from_preset`. ``max_steps`` is the number of training
+    steps per class (one sample of the class per step).
+
+    Raises:
+        SpecError: a setting out of its range.
+    """
+
+    preset: str = "fast"
+    max_steps: int = PRESETS["fast"]["steps"]
+    lr: float = PRESETS["fast"]["lr"]
+    resolution: int = PRESETS["fast"]["resolution"]
+    weight_decay: float = PRESETS["fast"]["weight_decay"]
+    classes_per_batch: int = 8
+    seed: int = 0
+    save_every: int = 100
+    eval_draws: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice(self.preset, "preset", PRESETS)
+        check_positive_int(self.max_steps, "max_steps", example=1000)
+        check_positive_int(self.resolution, "resolution", example=512)
+        check_positive_int(self.classes_per_batch, "classes_per_batch", example=8)
+        check_positive_int(self.save_every, "save_every", example=100)
+        check_non_negative_int(self.seed, "seed")
+        check_non_negative_int(self.eval_draws, "eval_draws")
+        if not self.lr > 0:
+            raise SpecError(f"lr={self.lr!r} must be > 0, e.g. 5e-4")
+
+    @classmethod
+    def from_preset(cls, preset: str = "fast", **overrides) -> TrainConfig:
+        """The preset's settings (:data:`PRESETS`) with the given overrides (``None`` keeps the preset's)."""
+        check_choice(preset, "preset", PRESETS)
+        values = {"preset": preset, "max_steps": PRESETS[preset]["steps"], "lr": PRESETS[preset]["lr"],
+                  "resolution": PRESETS[preset]["resolution"], "weight_decay": PRESETS[preset]["weight_decay"]}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def record(self) -> dict:
+        """What a bank records about its training (``extra["training"]``; ``steps`` is ``max_steps``)."""
+        return {"preset": self.preset, "steps": self.max_steps, "lr": self.lr, "resolution": self.resolution,
+                "weight_decay": self.weight_decay, "classes_per_batch": self.classes_per_batch, "seed": self.seed}
+
+
+class TokenTrainer:
+    """Learns one token per class, in named phases (see :meth:`run`).
+
+    Args:
+        data: training images (see :func:`load_training_data`).
+        config: the :class:`TrainConfig`.
+        pipeline: the diffusion model and where it runs (a :class:`~dsi_bench.pipeline.PipelineSpec`).
+        classes: which classes to learn (default: all).
+        out: bank path (``.safetensors``); with it, progress is saved every ``config.save_every``
+            steps and at the end of each group, and a rerun resumes. Needed under torchrun.
+        max_steps_this_run: stop after this many steps (time-boxed jobs; rerun to continue).
+        progress: show a progress bar.
+    """
+
+    def __init__(self, data, config: TrainConfig, pipeline, *, classes=None, out=None,
+                 max_steps_this_run: int | None = None, progress: bool = True):
+        from .dist import World
+        from .pipeline import check_model
+
+        if max_steps_this_run is not None:
+            check_non_negative_int(max_steps_this_run, "max_steps_this_run")
+        self.config = config
+        self.world = World.from_env()  # torchrun ranks split the classes
+        if self.world.distributed:
+            if out is None:
+                raise SpecError("learning tokens on several processes (torchrun) needs out= (--out): each rank saves "
+                                "its classes there and the last to finish merges them")
+            pipeline = pipeline.replace(device=self.world.device(pipeline.device))
+        check_model(pipeline.model)
+        self.spec = pipeline
+        self.train = load_training_data(data, classes)
+        self.class_ids = sorted(self.train.items)
+        self.row_of = {c: i for i, c in enumerate(self.class_ids)}  # class index -> row of the trained tokens
+        self.final_path = Path(out) if out else None
+        self.bank_path = _rank_path(self.final_path, self.world.rank, self.world.world_size) if out else None
+        self.state_path = self.bank_path.with_suffix(".state.safetensors") if self.bank_path else None
+        self.budget = max_steps_this_run if max_steps_this_run is not None else math.inf
+        self.progress = progress
+        self.steps_run = 0
+        self.skipped = 0
+        self.losses: list[float] = []
+        self.held_out: dict[tuple, tuple[float, float]] = {}
+
+    # ------------------------------------------------------------------ phases
+    def run(self):
+        """Load the models, initialise the rows, resume, train every group of this rank, save, merge.
+
+        Returns:
+            the :class:`~dsi_bench.tokens.TokenBank` (the merged bank under torchrun, once every rank is done).
+        """
+        self.load_components()
+        self.init_rows()
+        self.resume()
+        self.install()
+        try:
+            groups = self.groups()
+            from tqdm.auto import tqdm
+
+            total = sum(self.config.max_steps - self.done[c] for g in groups for c in g)
+            with tqdm(total=total, desc="learn-tokens", unit="class-step", dynamic_ncols=True,
+                      disable=not self.progress or not self.world.main) as self.bar:
+                for group in groups:
+                    if self.steps_run >= self.budget:
+                        break
+                    self.train_group(group)
+        finally:
+            self.uninstall()
+        bank = self.bank()
+        if self.world.distributed:
+            merged = _merge_ranks(self.final_path, self.world.world_size, self.class_ids,
+                                  self.config.classes_per_batch, self.config.max_steps)
+            bank = merged if merged is not None else bank
+        if self.config.eval_draws:
+            bank = bank.replace(extra={**bank.extra, "training": {**bank.extra["training"],
+                                                                  "held_out_loss": self.held_out_summary()}})
+        return bank
+
+    def load_components(self) -> None:
+        """The frozen UNet and VAE (shared), a training scheduler, and a fresh text encoder and tokenizer."""
+        import torch
+        from diffusers import DDPMScheduler
+
+        from .pipeline import load_components
+
+        parts = load_components(self.spec)
+        self.unet, self.vae = parts.unet, parts.vae
+        self.unet.requires_grad_(False)
+        self.vae.requires_grad_(False)
+        self.scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+        self.text_encoder, self.tokenizer = parts.text_encoder, parts.tokenizer
+        self.text_encoder.requires_grad_(False)
+        self.table = self.text_encoder.get_input_embeddings()
+        self.amp = self.spec.device_type == "cuda" and self.spec.torch_dtype != torch.float32
+
+    def init_rows(self) -> None:
+        """Token names and initial rows: the mean embedding of each class name's tokens."""
+        import torch
+
+        from .tokens import release_token_name
+
+        self.infos = [ClassInfo(c, self.train.class_list[c].name, self.train.class_list[c].wnid)
+                      for c in self.class_ids]
+        self.tokens = [release_token_name(i.name, i.index) for i in self.infos]
+        clash = [t for t in self.tokens if t in self.tokenizer.get_vocab()]
+        if clash:
+            raise TokenBankError(f"tokens {clash[:3]} already exist in the tokenizer of {self.spec.model}; "
+                                 "rename the classes")
+        init = []
+        weight = self.table.weight
+        for info in self.infos:
+            ids = self.tokenizer(info.name, add_special_tokens=False).input_ids
+            if not ids:
+                raise TokenBankError(f"class name {info.name!r} tokenizes to nothing; give the class a name made of "
+                                     "words")
+            init.append(weight[torch.tensor(ids, device=weight.device)].float().mean(0).cpu())
+        self.init = torch.stack(init)
+        self.rows = self.init.clone()
+        self.done = {c: 0 for c in self.class_ids}
+        self.saved_state: dict = {}
+
+    def resume(self) -> None:
+        """Rows, finished steps, optimiser moments and generator states from an earlier run's files."""
+        from .tokens import TokenBank
+
+        if self.bank_path is None or not self.bank_path.is_file():
+            return
+        old = TokenBank.load(self.bank_path)
+        dim = self.table.weight.shape[1]
+        if old.dim != dim:
+            raise TokenBankError(f"{str(self.bank_path)!r} holds {old.dim}-d tokens but {self.spec.model} needs "
+                                 f"{dim}-d; use another output path")
+        record = old.extra.get("training", {})
+        if record.get("base_model_fingerprint") not in (None, _model_id(self.spec)):
+            raise TokenBankError(f"{str(self.bank_path)!r} was trained on another model; use another output path")
+        for c in self.class_ids:
+            if c in old:
+                self.rows[self.row_of[c]] = old.embedding(c)
+                self.done[c] = int(record.get("steps_done", {}).get(str(c), 0))
+        if self.state_path.is_file():
+            from safetensors.torch import load_file
+
+            self.saved_state = load_file(self.state_path)
+
+    def install(self) -> None:
+        """Add the tokens to the tokenizer and route their ids to the trainable rows."""
+        import torch
+
+        first_new = len(self.tokenizer)
+        self.tokenizer.add_tokens(self.tokens)
+        ids = self.tokenizer.convert_tokens_to_ids(self.tokens)
+        if ids != list(range(first_new, first_new + len(self.tokens))):
+            raise TokenBankError("the tokenizer did not give the new tokens consecutive ids; report this with the "
+                                 "model")
+        self.param = torch.nn.Parameter(self.rows.to(self.spec.device))
+        self.norms = self.init.norm(dim=1).to(self.spec.device)
+        self.text_encoder.set_input_embeddings(_new_token_embedding(self.table, first_new, self.param))
+
+    def uninstall(self) -> None:
+        self.text_encoder.set_input_embeddings(self.table)
+
+    def groups(self) -> list[list[int]]:
+        """This rank's unfinished groups. Groups are fixed by the class list (not by what is left),
+        so ranks and reruns agree on them."""
+        n, world = self.config.classes_per_batch, self.world
+        groups = [self.class_ids[i : i + n] for i in range(0, len(self.class_ids), n)]
+        groups = [[c for c in g if self.done[c] < self.config.max_steps] for g in groups[world.rank::world.world_size]]
+        return [g for g in groups if g]
+
+    def encode_latents(self, group: list[int]) -> dict:
+        """Mean and std of the VAE posterior for every image of each class and its mirror, once."""
+        import torch
+
+        latents = {}
+        for c in group:
+            pixels, bad = _prepare_images(self.train.items[c], self.config.resolution)
+            self.skipped += bad
+            if pixels is None:
+                raise SpecError(f"no image of class {self.train.class_list[c].name!r} could be decoded ({bad} failed)")
+            means, stds = [], []
+            with torch.no_grad():
+                for i in range(0, len(pixels), 8):
+                    dist = self.vae.encode(pixels[i : i + 8].to(self.spec.device, self.spec.torch_dtype)).latent_dist
+                    means.append(dist.mean.float())
+                    stds.append(dist.std.float())
+            latents[c] = (torch.cat(means), torch.cat(stds))
+        return latents
+
+    def generators(self, group: list[int]) -> dict:
+        """One CPU generator per class (its samples, templates, flips, timesteps, noise), resumed if saved."""
+        import torch
+
+        gens = {}
+        for c in group:
+            g = torch.Generator("cpu").manual_seed(_class_seed(self.config.seed, c))
+            if f"gen.{c}" in self.saved_state:
+                g.set_state(self.saved_state[f"gen.{c}"])
+            gens[c] = g
+        return gens
+
+    def optimizers(self, group: list[int]) -> dict:
+        """One AdamW per class: elementwise anyway, and it makes each class's state separable."""
+        import torch
+
+        opts = {}
+        for c in group:
+            view = torch.nn.Parameter(self.param.data[self.row_of[c]].clone())
+            opt = torch.optim.AdamW([view], lr=self.config.lr, weight_decay=self.config.weight_decay)
+            if f"adam.{c}.exp_avg" in self.saved_state:
+                opt.state[view] = {"step": self.saved_state[f"adam.{c}.step"].clone(),
+                                   "exp_avg": self.saved_state[f"adam.{c}.exp_avg"].to(self.spec.device),
+                                   "exp_avg_sq": self.saved_state[f"adam.{c}.exp_avg_sq"].to(self.spec.device)}
+            opts[c] = (opt, view)
+        return opts
+
+    def train_group(self, group: list[int]) -> None:
+        """Train a group of classes together until done or the run's budget is spent, then save."""
+        import torch
+
+        latents, gens, opts = self.encode_latents(group), self.generators(group), self.optimizers(group)
+        total = self.config.max_steps
+        before = self.held_out_loss(group, latents) if self.config.eval_draws else None
+        while any(self.done[c] < total for c in group) and self.steps_run < self.budget:
+            active = [c for c in group if self.done[c] < total]
+            for c in active:  # each class's own parameter, written into the shared table view
+                self.param.data[self.row_of[c]] = opts[c][1].data
+            self.param.grad = None
+            per_sample = self.forward_loss(active, gens, latents)
+            per_sample.sum().backward()  # one sample per class: the sum of per-class means
+            for c in active:
+                opt, view = opts[c]
+                view.grad = self.param.grad[self.row_of[c]].clone()
+                opt.step()
+                with torch.no_grad():  # magnitude pinning
+                    view.mul_(self.norms[self.row_of[c]] / view.norm())
+                self.param.data[self.row_of[c]] = view.data
+                self.done[c] += 1
+            self.steps_run += 1
+            self.bar.update(len(active))
+            self.losses.append(float(per_sample.detach().mean()))
+            self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+            if self.bank_path is not None and self.steps_run % self.config.save_every == 0:
+                self.save(opts, gens)
+        if before is not None:
+            self.held_out[tuple(group)] = (before, self.held_out_loss(group, latents))
+        self.save(opts, gens)
+
+    def forward_loss(self, active: list[int], gens: dict, latents: dict):
+        """Per-sample diffusion losses, one sample per class, each drawn from its class's generator."""
+        import torch
+
+        spec, scheduler = self.spec, self.scheduler
+        samples, prompts, timesteps, noises = [], [], [], []
+        for c in active:
+            g = gens[c]
+            mean, std = latents[c]
+            j = int(torch.randint(len(mean), (1,), generator=g))
+            k = int(torch.randint(len(IMAGENET_TEMPLATES), (1,), generator=g))
+            t = int(torch.randint(scheduler.config.num_train_timesteps, (1,), generator=g))
+            eps_latent = torch.randn(mean[j].shape, generator=g)
+            noises.append(torch.randn(mean[j].shape, generator=g))
+            samples.append((mean[j] + std[j] * eps_latent.to(mean.device)) * self.vae.config.scaling_factor)
+            prompts.append(IMAGENET_TEMPLATES[k].format(self.tokens[self.row_of[c]]))
+            timesteps.append(t)
+        x0 = torch.stack(samples).to(spec.device)
+        noise = torch.stack(noises).to(spec.device)
+        t = torch.tensor(timesteps, device=spec.device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        if scheduler.config.prediction_type == "epsilon":
+            target = noise
+        else:  # v-prediction (SD2)
+            target = scheduler.get_velocity(x0, noise, t)
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(spec.device)
+        with torch.autocast(spec.device_type, dtype=spec.torch_dtype, enabled=self.amp):
+            hidden = self.text_encoder(ids)[0]
+            pred = self.unet(noisy.to(spec.torch_dtype), t, hidden.to(spec.torch_dtype)).sample
+        return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+
+    def held_out_loss(self, group: list[int], latents: dict) -> float:
+        """Mean loss over fixed draws (the same before and after training): a noise-free progress measure."""
+        import torch
+
+        gens = {c: torch.Generator("cpu").manual_seed(_class_seed(self.config.seed + 7919, c)) for c in group}
+        with torch.no_grad():
+            return float(torch.stack([self.forward_loss(group, gens, latents)
+                                      for _ in range(self.config.eval_draws)]).mean())
+
+    def held_out_summary(self) -> dict | None:
+        """Held-out loss before and after, over the groups trained in this run (``None``: none was)."""
+        if not self.held_out:
+            return None
+        pairs = list(self.held_out.values())
+        return {"before": sum(b for b, _ in pairs) / len(pairs), "after": sum(a for _, a in pairs) / len(pairs),
+                "draws_per_class": self.config.eval_draws}
+
+    def bank(self):
+        """The bank as it stands (rows, finished steps and the training record)."""
+        from .tokens import TokenBank
+
+        return TokenBank(self.param.detach().cpu(), self.infos, self.tokens, base_model=self.spec.model, extra={
+            "training": {"base_model_fingerprint": _model_id(self.spec), **self.config.record(),
+                         "steps_done": {str(c): n for c, n in self.done.items()},
+                         "templates": "imagenet_templates_small (27)", "skipped_images": self.skipped,
+                         "losses_this_run": self.losses}})
+
+    def save(self, opts: dict, gens: dict) -> None:
+        """The bank and the training state (AdamW moments, generator states), each written atomically."""
+        if self.bank_path is None:
+            return
+        from safetensors.torch import save as st_save
+
+        self.bank().save(self.bank_path)
+        tensors = dict(self.saved_state)
+        for st in _opt_tensors(opts).values():
+            tensors.update(st)
+        for c, g in gens.items():
+            tensors[f"gen.{c}"] = g.get_state()
+        atomic_write(self.state_path, st_save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+
+
 def learn_tokens(
     data,
     *,
     classes=None,
-    base_model: str | None = None,
-    spec=None,
+    generator: str | os.PathLike | None = None,
+    pipeline=None,
     preset: str = "fast",
-    steps: int | None = None,
+    max_steps: int | None = None,
     lr: float | None = None,
     resolution: int | None = None,
     classes_per_batch: int = 8,
@@ -189,260 +566,50 @@ def learn_tokens(
     max_steps_this_run: int | None = None,
     eval_draws: int = 0,
     progress: bool = True,
+    **deprecated_names,
 ):
     """Learn one token per class; returns a :class:`~dsi_bench.tokens.TokenBank`.
+
+    A thin wrapper over :class:`TokenTrainer` with a :class:`TrainConfig` made from the preset.
 
     Args:
         data: an ``ImageFolder``-style folder, a Hugging Face dataset, or ``(path, class)`` pairs.
         classes: which classes to learn (default: all).
-        base_model, spec: the diffusion model (``spec`` = a :class:`~dsi_bench.pipeline.PipelineSpec`).
-        preset: ``"fast"`` (default) or ``"reference"`` (see :data:`PRESETS`); ``steps``, ``lr``,
-            ``resolution`` override it.
+        generator: the diffusion model, a diffusers folder or Hub id (overrides ``pipeline.model``).
+        pipeline: a :class:`~dsi_bench.pipeline.PipelineSpec` (model, device, dtype).
+        preset: ``"fast"`` (default) or ``"reference"`` (see :data:`PRESETS`); ``max_steps`` (training
+            steps per class), ``lr``, ``resolution`` override it.
         classes_per_batch: how many classes train together (one sample each per step).
         seed: base seed of the per-class generators.
         out: bank path (``.safetensors``); with it, progress is saved every ``save_every`` steps
             and at the end of each group, and a rerun resumes.
-        device, dtype: override the spec's (GPU: fp16/bf16 frozen models; the new rows stay fp32).
-        max_steps_this_run: stop after this many steps (for time-boxed jobs; rerun to continue).
+        device, dtype: override the pipeline's (GPU: fp16/bf16 frozen models; the new rows stay fp32).
+        max_steps_this_run: stop after this many steps (time-boxed jobs; rerun to continue).
         eval_draws: if > 0, the loss over this many fixed draws per class is measured before and
-            after training each group (``bank.extra["training"]["held_out_loss"]``).
+            after training each group (``bank.extra["training"]["held_out_loss"]``; ``None`` when no
+            group was trained in this run).
+
+    Deprecated (0.2): ``base_model=`` (now ``generator=``), ``spec=`` (``pipeline=``), ``steps=``
+    (``max_steps=``).
 
     Raises:
         SpecError: bad settings or data; TokenBankError: names that tokenize to nothing, tokens
             already in the tokenizer, a resumed bank of another model or dimension.
     """
-    import torch
-    from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from .compat import reject_unknown, renamed
+    from .pipeline import PipelineSpec
 
-    from .pipeline import PipelineSpec, _from_pretrained, _load_base, check_model
-    from .tokens import TokenBank, release_token_name
-
-    if preset not in PRESETS:
-        raise SpecError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    cfg = dict(PRESETS[preset])
-    cfg.update({k: v for k, v in (("steps", steps), ("lr", lr), ("resolution", resolution)) if v is not None})
-    for key in ("steps", "resolution"):
-        if not isinstance(cfg[key], int) or cfg[key] <= 0:
-            raise SpecError(f"{key}={cfg[key]!r} must be a positive integer")
-    if not isinstance(classes_per_batch, int) or classes_per_batch <= 0:
-        raise SpecError(f"classes_per_batch={classes_per_batch!r} must be a positive integer")
-    spec = (spec or PipelineSpec()).replace(model=base_model, device=device, dtype=dtype)
-    from .build import env_rank_world
-
-    rank, world = env_rank_world(slurm=False) or (0, 1)  # torchrun ranks split the classes
-    if world > 1:
-        if out is None:
-            raise SpecError("learning tokens on several processes (torchrun) needs out= (--out): each rank saves "
-                            "its classes there and the last to finish merges them")
-        if spec.device == "cuda":
-            spec = spec.replace(device=f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    check_model(spec.model)
-    train = load_training_data(data, classes)
-    class_ids = sorted(train.items)
-    row_of = {c: i for i, c in enumerate(class_ids)}  # class index -> row of the trained tokens
-
-    # ---- models: shared frozen UNet/VAE; our own text encoder and tokenizer
-    base = _load_base(spec)
-    unet, vae = base["unet"], base["vae"]
-    unet.requires_grad_(False)
-    vae.requires_grad_(False)
-    scheduler = DDPMScheduler.from_config(base["scheduler"].config)
-    text_encoder = _from_pretrained(CLIPTextModel, spec, subfolder="text_encoder").to(spec.device, spec.torch_dtype)
-    text_encoder.requires_grad_(False)
-    tokenizer = _from_pretrained(CLIPTokenizer, spec, subfolder="tokenizer")
-    table = text_encoder.get_input_embeddings()
-    dim = table.weight.shape[1]
-
-    infos = [ClassInfo(c, train.classes[c].name, train.classes[c].wnid) for c in class_ids]
-    tokens = [release_token_name(i.name, i.index) for i in infos]
-    clash = [t for t in tokens if t in tokenizer.get_vocab()]
-    if clash:
-        raise TokenBankError(f"tokens {clash[:3]} already exist in the tokenizer of {spec.model}; rename the classes")
-    init = []
-    for info in infos:
-        ids = tokenizer(info.name, add_special_tokens=False).input_ids
-        if not ids:
-            raise TokenBankError(f"class name {info.name!r} tokenizes to nothing; give the class a name made of words")
-        init.append(table.weight[torch.tensor(ids, device=table.weight.device)].float().mean(0).cpu())
-    init = torch.stack(init)
-
-    # ---- resume
-    final_path = Path(out) if out else None
-    bank_path = _rank_path(final_path, rank, world) if final_path else None
-    state_path = bank_path.with_suffix(".state.safetensors") if bank_path else None
-    rows = init.clone()
-    done = {c: 0 for c in class_ids}
-    saved_state: dict = {}
-    if bank_path is not None and bank_path.is_file():
-        old = TokenBank.load(bank_path)
-        if old.dim != dim:
-            raise TokenBankError(f"{str(bank_path)!r} holds {old.dim}-d tokens but {spec.model} needs {dim}-d; "
-                                 "use another output path")
-        progress_info = old.extra.get("training", {})
-        if progress_info.get("base_model_fingerprint") not in (None, _model_id(spec)):
-            raise TokenBankError(f"{str(bank_path)!r} was trained on another model; use another output path")
-        for c in class_ids:
-            if c in old._row:
-                rows[row_of[c]] = old.embedding(c)
-                done[c] = int(progress_info.get("steps_done", {}).get(str(c), 0))
-        if state_path.is_file():
-            from safetensors.torch import load_file
-
-            saved_state = load_file(state_path)
-
-    first_new = len(tokenizer)
-    tokenizer.add_tokens(tokens)
-    token_ids = tokenizer.convert_tokens_to_ids(tokens)
-    if token_ids != list(range(first_new, first_new + len(tokens))):
-        raise TokenBankError("the tokenizer did not give the new tokens consecutive ids; report this with the model")
-    vae_scale = vae.config.scaling_factor
-    total = cfg["steps"]
-    budget = max_steps_this_run if max_steps_this_run is not None else math.inf
-    # Groups are fixed by the class list (not by what is left), so ranks and reruns agree on them.
-    groups = [class_ids[i : i + classes_per_batch] for i in range(0, len(class_ids), classes_per_batch)]
-    groups = [[c for c in g if done[c] < total] for g in groups[rank::world]]
-    groups = [g for g in groups if g]
-    bar = tqdm(total=sum(total - done[c] for g in groups for c in g), desc="learn-tokens", unit="class-step",
-               disable=not progress or rank != 0, dynamic_ncols=True)
-    amp = spec.device_type == "cuda" and spec.torch_dtype != torch.float32
-    param = torch.nn.Parameter(rows.to(spec.device))
-    text_encoder.set_input_embeddings(_new_token_embedding(table, first_new, param))
-    norms = init.norm(dim=1).to(spec.device)
-    skipped = 0
-    steps_run = 0
-    losses: list[float] = []
-    eval_before: dict = {}
-    eval_after: dict = {}
-
-    def bank_now(extra_done: dict) -> TokenBank:
-        return TokenBank(param.detach().cpu(), infos, tokens, base_model=spec.model, extra={"training": {
-            "base_model_fingerprint": _model_id(spec), "preset": preset, **{k: cfg[k] for k in cfg},
-            "classes_per_batch": classes_per_batch, "seed": seed, "steps_done": {str(c): n for c, n in
-                                                                                  extra_done.items()},
-            "templates": "imagenet_templates_small (27)", "skipped_images": skipped, "losses_this_run": losses}})
-
-    def save(opt_states: dict, gens: dict) -> None:
-        if bank_path is None:
-            return
-        from safetensors.torch import save as st_save
-
-        bank_now(done).save(bank_path)
-        tensors = dict(saved_state)
-        for c, st in opt_states.items():
-            tensors.update(st)
-        for c, g in gens.items():
-            tensors[f"gen.{c}"] = g.get_state()
-        atomic_write(state_path, st_save({k: v.contiguous().cpu() for k, v in tensors.items()}))
-
-    def forward_loss(active, gens, latents):
-        """Per-sample diffusion losses, one sample per class, each drawn from its class's generator."""
-        samples, prompts, timesteps, noises = [], [], [], []
-        for c in active:
-            g = gens[c]
-            mean, std = latents[c]
-            j = int(torch.randint(len(mean), (1,), generator=g))
-            k = int(torch.randint(len(IMAGENET_TEMPLATES), (1,), generator=g))
-            t = int(torch.randint(scheduler.config.num_train_timesteps, (1,), generator=g))
-            eps_latent = torch.randn(mean[j].shape, generator=g)
-            noises.append(torch.randn(mean[j].shape, generator=g))
-            samples.append((mean[j] + std[j] * eps_latent.to(mean.device)) * vae_scale)
-            prompts.append(IMAGENET_TEMPLATES[k].format(tokens[row_of[c]]))
-            timesteps.append(t)
-        x0 = torch.stack(samples).to(spec.device)
-        noise = torch.stack(noises).to(spec.device)
-        t = torch.tensor(timesteps, device=spec.device)
-        noisy = scheduler.add_noise(x0, noise, t)
-        if scheduler.config.prediction_type == "epsilon":
-            target = noise
-        else:  # v-prediction (SD2)
-            target = scheduler.get_velocity(x0, noise, t)
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(spec.device)
-        with torch.autocast(spec.device_type, dtype=spec.torch_dtype, enabled=amp):
-            hidden = text_encoder(ids)[0]
-            pred = unet(noisy.to(spec.torch_dtype), t, hidden.to(spec.torch_dtype)).sample
-        return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-
-    def held_out_loss(group, latents) -> float:
-        """Mean loss over fixed draws (the same before and after training): a noise-free progress measure."""
-        gens = {c: torch.Generator("cpu").manual_seed(_class_seed(seed + 7919, c)) for c in group}
-        with torch.no_grad():
-            return float(torch.stack([forward_loss(group, gens, latents) for _ in range(eval_draws)]).mean())
-
-    with bar:
-        for group in groups:
-            if steps_run >= budget:
-                break
-            rows_idx = [row_of[c] for c in group]
-            # latents: mean and std of the VAE posterior for every image and its mirror, once
-            latents = {}
-            for c in group:
-                pixels, bad = _prepare_images(train.items[c], cfg["resolution"])
-                skipped += bad
-                if pixels is None:
-                    raise SpecError(f"no image of class {train.classes[c].name!r} could be decoded ({bad} failed)")
-                means, stds = [], []
-                with torch.no_grad():
-                    for i in range(0, len(pixels), 8):
-                        dist = vae.encode(pixels[i : i + 8].to(spec.device, spec.torch_dtype)).latent_dist
-                        means.append(dist.mean.float())
-                        stds.append(dist.std.float())
-                latents[c] = (torch.cat(means), torch.cat(stds))
-            gens = {}
-            for c in group:
-                g = torch.Generator("cpu").manual_seed(_class_seed(seed, c))
-                if f"gen.{c}" in saved_state:
-                    g.set_state(saved_state[f"gen.{c}"])
-                gens[c] = g
-            # one AdamW per class: elementwise anyway, and it makes each class's state separable
-            opts = {}
-            for c, r in zip(group, rows_idx):
-                view = torch.nn.Parameter(param.data[r].clone())
-                opt = torch.optim.AdamW([view], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-                if f"adam.{c}.exp_avg" in saved_state:
-                    opt.state[view] = {"step": saved_state[f"adam.{c}.step"].clone(),
-                                       "exp_avg": saved_state[f"adam.{c}.exp_avg"].to(spec.device),
-                                       "exp_avg_sq": saved_state[f"adam.{c}.exp_avg_sq"].to(spec.device)}
-                opts[c] = (opt, view)
-            if eval_draws:
-                eval_before[tuple(group)] = held_out_loss(group, latents)
-            while any(done[c] < total for c in group) and steps_run < budget:
-                active = [c for c in group if done[c] < total]
-                # the rows being trained: each class's own parameter, written into the shared table view
-                for c in active:
-                    param.data[row_of[c]] = opts[c][1].data
-                param.grad = None
-                per_sample = forward_loss(active, gens, latents)
-                per_sample.sum().backward()  # one sample per class: the sum of per-class means
-                for c in active:
-                    opt, view = opts[c]
-                    view.grad = param.grad[row_of[c]].clone()
-                    opt.step()
-                    with torch.no_grad():  # magnitude pinning
-                        view.mul_(norms[row_of[c]] / view.norm())
-                    param.data[row_of[c]] = view.data
-                    done[c] += 1
-                steps_run += 1
-                bar.update(len(active))
-                losses.append(float(per_sample.detach().mean()))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if bank_path is not None and steps_run % save_every == 0:
-                    save(_opt_tensors(opts), gens)
-            if eval_draws:
-                eval_after[tuple(group)] = held_out_loss(group, latents)
-            save(_opt_tensors(opts), gens)
-    bank = bank_now(done)
-    if world > 1:
-        merged = _merge_ranks(final_path, world, class_ids, classes_per_batch, total)
-        bank = merged if merged is not None else bank
-    if eval_draws:
-        bank.extra["training"]["held_out_loss"] = {
-            "before": float(sum(eval_before.values()) / len(eval_before)),
-            "after": float(sum(eval_after.values()) / len(eval_after)), "draws_per_class": eval_draws}
-    text_encoder.set_input_embeddings(table)
-    return bank
+    generator = renamed(deprecated_names, "base_model", "generator", generator, where="learn_tokens: ")
+    pipeline = renamed(deprecated_names, "spec", "pipeline", pipeline, where="learn_tokens: ")
+    max_steps = renamed(deprecated_names, "steps", "max_steps", max_steps, where="learn_tokens: ")
+    reject_unknown(deprecated_names, "learn_tokens")
+    config = TrainConfig.from_preset(preset, max_steps=max_steps, lr=lr, resolution=resolution,
+                                     classes_per_batch=classes_per_batch, seed=seed, save_every=save_every,
+                                     eval_draws=eval_draws)
+    spec = (pipeline or PipelineSpec()).replace(model=None if generator is None else os.fspath(generator),
+                                                device=device, dtype=dtype)
+    return TokenTrainer(data, config, spec, classes=classes, out=out, max_steps_this_run=max_steps_this_run,
+                        progress=progress).run()
 
 
 def _rank_path(path: Path, rank: int, world: int) -> Path:
@@ -472,9 +639,10 @@ def _merge_ranks(final: Path, world: int, class_ids: list[int], classes_per_batc
     import torch
 
     training = {**first.extra["training"], "steps_done": steps_done, "ranks": world, "losses_this_run": []}
-    merged = TokenBank(torch.stack(rows), [first.classes[first._row[c]] for c in class_ids],
-                       [first.token_for(c) for c in class_ids], base_model=first.base_model,
-                       extra={"training": training})
+    infos = {c.index: c for b in banks.values() for c in b.class_infos}
+    tokens = {c.index: t for b in banks.values() for c, t in zip(b.class_infos, b.tokens)}
+    merged = TokenBank(torch.stack(rows), [infos[c] for c in class_ids], [tokens[c] for c in class_ids],
+                       base_model=first.base_model, extra={"training": training})
     merged.save(final)
     return merged
 
@@ -501,12 +669,3 @@ def _model_id(spec) -> str:
     from .pipeline import model_fingerprint
 
     return model_fingerprint(spec.model, spec.revision)
-
-
-def bank_progress(path: str | os.PathLike) -> dict:
-    """``{class index: steps done}`` recorded in a bank being trained."""
-    from .tokens import TokenBank
-
-    extra = TokenBank.load(path).extra.get("training", {})
-    return {int(k): v for k, v in extra.get("steps_done", {}).items()}
-

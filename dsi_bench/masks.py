@@ -169,7 +169,7 @@ def fetch_release_masks(url: str | None = None) -> Path:
     Raises:
         OfflineError: the URL cannot be reached; the message says how to pass a local file.
     """
-    from .cache import default_cache_dir
+    from .files import default_cache_dir
 
     url = url or os.environ.get("DSI_BENCH_MASKS_URL") or RELEASE_MASKS_URL
     target = default_cache_dir() / "masks" / Path(url).name

@@ -28,9 +28,44 @@ from pathlib import Path
 from .classes import ClassList
 from .errors import ModelLoadError, OfflineError, OptionalDependencyError, SpecError, close_matches
 
-__all__ = ["ClassMap", "LoadedModel", "imagenet_eval_transform", "load_model"]
+__all__ = ["MODEL_KINDS", "ClassMap", "LoadedModel", "ModelKind", "imagenet_eval_transform", "load_model",
+           "model_spec_help", "register_model_kind"]
 
-KINDS = ("torchvision", "timm", "hf")
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A way to name a classifier: ``{prefix}:{name}`` specs, loaded by ``loader(name, weights, spec)``."""
+
+    prefix: str
+    loader: Callable[[str, str | None, str], LoadedModel]
+    form: str  # how a spec of this kind is written, for help and errors
+    help: str
+
+
+#: Classifier spec kinds by prefix (``torchvision:resnet50``). Add one with :func:`register_model_kind`.
+MODEL_KINDS: dict[str, ModelKind] = {}
+#: Spec forms recognised by shape rather than prefix (listed in help and errors after the kinds).
+_OTHER_FORMS = ("file.py:function", "package.module:function", "a TorchScript .pt file")
+
+
+def register_model_kind(prefix: str, form: str, help: str, *, overwrite: bool = False):
+    """Register a classifier kind: a decorator for ``loader(name, weights, spec) -> LoadedModel``.
+
+    Raises:
+        SpecError: the prefix is taken (pass ``overwrite=True`` to replace it).
+    """
+    def decorate(loader):
+        if prefix in MODEL_KINDS and not overwrite:
+            raise SpecError(f"a model kind {prefix!r} is already registered")
+        MODEL_KINDS[prefix] = ModelKind(prefix, loader, form, help)
+        return loader
+
+    return decorate
+
+
+def model_spec_help() -> str:
+    """The spec forms a classifier may be given in (every registered kind, then the other forms)."""
+    return ", ".join([k.form for k in MODEL_KINDS.values()] + list(_OTHER_FORMS))
 
 
 def imagenet_eval_transform(resize: int = 256, crop: int = 224):
@@ -160,6 +195,9 @@ def _offline(spec: str, what: str, e: Exception, hint: str) -> OfflineError:
                         f"Offline, {hint}")
 
 
+@register_model_kind("torchvision", "torchvision:NAME",
+                     "torchvision classifiers; weights DEFAULT, an enum name, none or a checkpoint; the weights' "
+                     "transforms()")
 def _load_torchvision(name: str, weights: str | None, spec: str) -> LoadedModel:
     import torchvision.models as tvm
 
@@ -199,6 +237,7 @@ def _load_torchvision(name: str, weights: str | None, spec: str) -> LoadedModel:
                        _num_outputs(module), names)
 
 
+@register_model_kind("timm", "timm:NAME", "timm models (pip install 'dsi-bench[timm]') with timm's data config")
 def _load_timm(name: str, weights: str | None, spec: str) -> LoadedModel:
     try:
         import timm
@@ -241,6 +280,8 @@ def _hf_logits_module(model):
     return HFLogits(model)
 
 
+@register_model_kind("hf", "hf:ORG/NAME", "transformers image classifiers (Hub id or hf:/local/folder) with their "
+                     "image processor")
 def _load_hf(name: str, weights: str | None, spec: str) -> LoadedModel:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -279,8 +320,7 @@ def _load_function(target: str, func: str, spec: str) -> LoadedModel:
             module = importlib.import_module(target)
         except ImportError as e:
             raise SpecError(f"unknown model spec {spec!r}: cannot import {target!r} ({e})."
-                            + close_matches(target, KINDS) + " Use torchvision:NAME, timm:NAME, hf:ORG/NAME, "
-                            "file.py:function, package.module:function, or a TorchScript .pt file") from None
+                            + close_matches(target, MODEL_KINDS) + f" Use {model_spec_help()}") from e
     fn = getattr(module, func, None)
     if not callable(fn):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
@@ -345,10 +385,10 @@ def _load_spec(spec: str, weights: str | None) -> LoadedModel:
     import torch
 
     kind, sep, rest = spec.partition(":")
-    if sep and kind in KINDS:
+    if sep and kind in MODEL_KINDS:
         if not rest:
-            raise SpecError(f"model spec {spec!r} names no model, e.g. {kind}:resnet50")
-        return {"torchvision": _load_torchvision, "timm": _load_timm, "hf": _load_hf}[kind](rest, weights, spec)
+            raise SpecError(f"model spec {spec!r} names no model, e.g. {MODEL_KINDS[kind].form}")
+        return MODEL_KINDS[kind].loader(rest, weights, spec)
     if sep and (spec.rsplit(":", 1)[0].endswith(".py") or "/" not in spec) and not spec.endswith((".pt", ".ts")):
         target, func = spec.rsplit(":", 1)
         if target and func:
@@ -362,6 +402,5 @@ def _load_spec(spec: str, weights: str | None) -> LoadedModel:
                                  "torchvision:NAME --weights PATH") from None
         return LoadedModel(module.eval(), imagenet_eval_transform(), spec, None, "standard ImageNet eval (256/224)",
                            None)
-    hint = close_matches(kind, KINDS) if sep else ""
-    raise SpecError(f"unknown model spec {spec!r}.{hint} Use torchvision:NAME, timm:NAME, hf:ORG/NAME, "
-                    "file.py:function, package.module:function, or a TorchScript .pt file")
+    hint = close_matches(kind, MODEL_KINDS) if sep else ""
+    raise SpecError(f"unknown model spec {spec!r}.{hint} Use {model_spec_help()}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError, OfflineError, SpecError, close_matches
+from .memo import Memo
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -314,7 +315,8 @@ def read_component_config(model: str, revision: str | None, component: str) -> d
         return None
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
+#: Model fingerprints per (folder, newest mtime) or (Hub id, revision).
+_FINGERPRINTS = Memo("model fingerprints", 64)
 _SMALL_FILE = 1 << 20
 
 
@@ -355,29 +357,26 @@ def model_fingerprint(model: str, revision: str | None = None) -> str:
         folder = Path(model).expanduser().resolve()
         stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
         key = (str(folder), stamp)
-        if key not in _FINGERPRINTS:
-            _FINGERPRINTS[key] = _folder_fingerprint(folder)
-        return _FINGERPRINTS[key]
+        return _FINGERPRINTS.get_or_create(key, lambda: _folder_fingerprint(folder))
     if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
         return f"hub:{model}@{revision}"
-    key = (model, revision)
-    if key not in _FINGERPRINTS:
-        from huggingface_hub import snapshot_download
+    return _FINGERPRINTS.get_or_create((model, revision), lambda: f"hub:{model}@{_hub_commit(model, revision)}")
+
+
+def _hub_commit(model: str, revision: str | None) -> str:
+    """The commit a Hub revision resolves to: from the local Hub cache, else online."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=["model_index.json"])
+        return Path(path).name
+    except Exception:  # noqa: BLE001 - not in the local cache: ask the Hub
+        from huggingface_hub import HfApi
 
         try:
-            path = snapshot_download(
-                model, revision=revision, local_files_only=True, allow_patterns=["model_index.json"]
-            )
-            commit = Path(path).name
-        except Exception:  # noqa: BLE001 - not in the local cache: ask the Hub
-            from huggingface_hub import HfApi
-
-            try:
-                commit = HfApi().model_info(model, revision=revision).sha
-            except Exception as e:  # noqa: BLE001
-                raise OfflineError(_offline_message(model, e)) from None
-        _FINGERPRINTS[key] = f"hub:{model}@{commit}"
-    return _FINGERPRINTS[key]
+            return HfApi().model_info(model, revision=revision).sha
+        except Exception as e:  # noqa: BLE001
+            raise OfflineError(_offline_message(model, e)) from e
 
 
 def _offline_message(model: str, error: Exception) -> str:
@@ -416,11 +415,11 @@ class LoadedPipeline:
         return cls.from_config(self.scheduler_config, **dict(self.spec.preset.config))
 
 
-_BASES: dict[tuple, dict] = {}
-_PIPELINES: dict[tuple, LoadedPipeline] = {}
+#: UNet, VAE and scheduler per load key, shared by every token bank (a few GB each for SD2).
+_BASES = Memo("pipeline bases", 4)
+#: Ready pipelines per (load key, token bank).
+_PIPELINES = Memo("pipelines", 8)
 _CACHE_LOCK = threading.RLock()
-#: How many times weights were loaded from disk in this process (tests check reuse with it).
-LOAD_COUNTS = {"base": 0, "text": 0}
 
 
 def clear_pipeline_cache() -> None:
@@ -428,6 +427,44 @@ def clear_pipeline_cache() -> None:
     with _CACHE_LOCK:
         _BASES.clear()
         _PIPELINES.clear()
+
+
+@dataclass
+class Components:
+    """A Stable Diffusion pipeline's parts: the shared, frozen UNet, VAE and scheduler, and a fresh
+    text encoder and tokenizer of its own (callers add tokens to them)."""
+
+    unet: object
+    vae: object
+    scheduler: object
+    text_encoder: object
+    tokenizer: object
+    others: dict = dataclasses.field(default_factory=dict)  # safety checker, feature extractor, ...
+
+    def as_pipeline_kwargs(self) -> dict:
+        """Keyword arguments for ``StableDiffusionPipeline(...)``."""
+        return {"unet": self.unet, "vae": self.vae, "scheduler": self.scheduler, "text_encoder": self.text_encoder,
+                "tokenizer": self.tokenizer, **self.others}
+
+
+def load_components(pipeline: PipelineSpec) -> Components:
+    """The parts of the pipeline a spec names, on its device and dtype.
+
+    The UNet, VAE and scheduler come from the process-wide cache (loaded once per spec); the text
+    encoder and tokenizer are loaded fresh on every call, so tokens added to them stay private.
+
+    Raises:
+        ModelLoadError, OfflineError, SpecError.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = _load_base(pipeline)
+    # Cast after loading: transformers renamed its dtype argument across versions.
+    text_encoder = _from_pretrained(CLIPTextModel, pipeline, subfolder="text_encoder").to(
+        pipeline.device, pipeline.torch_dtype)
+    tokenizer = _from_pretrained(CLIPTokenizer, pipeline, subfolder="tokenizer")
+    others = {k: v for k, v in base.items() if k not in ("unet", "vae", "scheduler")}
+    return Components(base["unet"], base["vae"], base["scheduler"], text_encoder, tokenizer, others)
 
 
 def _check_worker_device(spec: PipelineSpec) -> None:
@@ -480,15 +517,15 @@ def _load_base(spec: PipelineSpec) -> dict:
     from diffusers import StableDiffusionPipeline
 
     key = spec.load_key()
-    if key in _BASES:
-        return _BASES[key]
+    cached = _BASES.get(key)
+    if cached is not None:
+        return cached
     check_model(spec.model)
     kwargs = {_dtype_argument(): spec.torch_dtype, "text_encoder": None, "tokenizer": None}
     if not spec.safety_checker:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     logger.info("loading %s (%s, %s)", spec.model, spec.device, spec.torch_dtype)
     pipe = _from_pretrained(StableDiffusionPipeline, spec, **kwargs)
-    LOAD_COUNTS["base"] += 1
     if spec.safety_checker and pipe.safety_checker is None:
         raise SpecError(
             f"safety_checker=True but {spec.model!r} ships no safety checker; pass safety_checker=False "
@@ -510,7 +547,7 @@ def _load_base(spec: PipelineSpec) -> dict:
     base = dict(pipe.components)
     base.pop("text_encoder", None)
     base.pop("tokenizer", None)
-    _BASES[key] = base
+    _BASES.put(key, base)
     return base
 
 
@@ -529,25 +566,19 @@ def load_pipeline(spec: PipelineSpec, tokens=None) -> LoadedPipeline:
         ModelLoadError, OfflineError, TokenBankError, SpecError.
     """
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     _check_worker_device(spec)
     token_fp = tokens.fingerprint if tokens is not None else None
     key = (spec.load_key(), token_fp)
     with _CACHE_LOCK:
-        if key in _PIPELINES:
-            return _PIPELINES[key]
+        cached = _PIPELINES.get(key)
+        if cached is not None:
+            return cached
         fingerprint = model_fingerprint(spec.model, spec.revision)
-        base = _load_base(spec)
         # Each token bank gets its own text encoder and tokenizer (tokens are added to them);
         # the heavy UNet and VAE are shared.
-        # Cast after loading: transformers renamed its dtype argument across versions.
-        text_encoder = _from_pretrained(CLIPTextModel, spec, subfolder="text_encoder").to(
-            spec.device, spec.torch_dtype
-        )
-        tokenizer = _from_pretrained(CLIPTokenizer, spec, subfolder="tokenizer")
-        LOAD_COUNTS["text"] += 1
-        pipe = StableDiffusionPipeline(**{**base, "text_encoder": text_encoder, "tokenizer": tokenizer})
+        parts = load_components(spec)
+        pipe = StableDiffusionPipeline(**parts.as_pipeline_kwargs())
         pipe.set_progress_bar_config(disable=True)
         if tokens is not None:
             tokens.inject(pipe, model_name=spec.model)
@@ -556,8 +587,7 @@ def load_pipeline(spec: PipelineSpec, tokens=None) -> LoadedPipeline:
             spec=spec,
             fingerprint=fingerprint,
             token_fingerprint=token_fp,
-            scheduler_config=dict(base["scheduler"].config),
+            scheduler_config=dict(parts.scheduler.config),
         )
-        _PIPELINES[key] = loaded
+        _PIPELINES.put(key, loaded)
         return loaded
-

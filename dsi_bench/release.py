@@ -1,4 +1,7 @@
-"""The public ImageNet* release: reading it, binding its masks by key, converting it to shards.
+"""The public ImageNet* release read in place: its layout, its files by key, its metadata.
+
+Converting it to shards is :mod:`dsi_bench.convert`; reading it as a dataset source is
+:mod:`dsi_bench.sources.release`.
 
 Layout (Hub dataset ``madrylab/imagenet-star``): one ``{shift}.zip`` per shift; inside, one
 folder per class named by WordNet id, files ``00.jpg`` ... ``49.jpg`` (512 px JPEG). A root
@@ -18,18 +21,16 @@ import os
 import re
 import threading
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import ShardJob, ShardTask
 from .classes import ClassList
 from .errors import ReleaseError
-from .files import canonical_json
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 from .masks import RELEASE_PER_CLASS, Masks
 
-__all__ = ["ReleaseEntry", "ReleaseSet", "ReleaseJob", "convert_release", "release_shifts"]
+__all__ = ["ReleaseEntry", "ReleaseSet", "release_shifts"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ReleaseEntry:
     release_key: str  # {shift}/{wnid}/{file}
     member: str  # path inside the zip or relative to the shift folder
     size: int
+    keep: bool | None = None  # the release records no flag per file; its masks are separate
 
 
 def _skip(name: str) -> bool:
@@ -251,96 +253,11 @@ class ReleaseSet:
         self._local = threading.local()
 
 
-# ---------------------------------------------------------------------- conversion
-class ReleaseJob(ShardJob):
-    """Converts release shifts to shards: original JPEG bytes, masks recorded as ``keep`` in ``.json``."""
+def __getattr__(name: str):
+    if name in ("convert_release", "ReleaseJob"):  # moved in 0.2
+        from . import convert
+        from .compat import deprecated
 
-    def __init__(self, sets: list[ReleaseSet], masks: Masks | None, masks_sha256: str | None,
-                 samples_per_shard: int):
-        import hashlib
-
-        self.sets = {s.shift_id: s for s in sets}
-        self.masks = masks
-        self.samples_per_shard = samples_per_shard
-        listing = hashlib.sha256()
-        for s in sets:
-            for e in s.entries:
-                listing.update(f"{e.release_key}\0{e.size}\n".encode())
-        self.plan = {
-            "kind": "imagenet-star",
-            "shifts": [{"id": s.shift_id} for s in sets],
-            "classes": sorted({e.label for s in sets for e in s.entries}),
-            "files_sha256": listing.hexdigest(),
-            "missing": {s.shift_id: {str(c): f for c, f in sorted(s.missing.items())} for s in sets if s.missing},
-            "masks_sha256": masks_sha256,
-            "samples_per_shard": samples_per_shard,
-            "image_format": "jpg",
-        }
-
-    def tasks(self) -> list[ShardTask]:
-        out = []
-        for shift_id, s in self.sets.items():
-            n = self.samples_per_shard
-            for k in range(0, len(s.entries), n):
-                out.append(ShardTask(shift_id, k // n, tuple(s.entries[k : k + n])))
-        return out
-
-    def wants_gpu(self) -> bool:
-        return False
-
-    def samples(self, task: ShardTask) -> Iterator[dict]:
-        s = self.sets[task.shift]
-        for e in task.items:
-            yield {
-                "__key__": e.key,
-                "jpg": s.read(e),
-                "cls": str(e.label).encode(),
-                "json": canonical_json(s.metadata(e, self.masks)),
-            }
-
-
-def convert_release(
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    shifts: Sequence[str] | None = None,
-    masks: str | os.PathLike | Masks | bool | None = None,
-    class_list: ClassList | None = None,
-    classes=None,
-    missing: str = "error",
-    samples_per_shard: int = 1000,
-    engine: str = "local",
-    overwrite: bool = False,
-    progress: bool = True,
-):
-    """Turn the ImageNet* release into dsi-bench shards (same layout and manifest as a build).
-
-    Masked-out samples are kept, flagged ``"keep": false`` in their ``.json``, so readers can
-    take either view (``ShiftedImageNet(source="shards", masks=True)`` applies the flags).
-
-    Returns:
-        a :class:`~dsi_bench.build.BuildSummary`.
-    """
-    from .build import run_job
-    from .classes import imagenet_classes
-    from .errors import SpecError
-    from .files import sha256_file
-    from .masks import resolve_masks
-    from .shifts import get_shift
-
-    if not isinstance(samples_per_shard, int) or samples_per_shard <= 0:
-        raise SpecError(f"samples_per_shard={samples_per_shard!r} must be a positive integer")
-    class_list = class_list or imagenet_classes()
-    indices = None if classes is None else class_list.resolve(classes)
-    ids = [get_shift(s).id for s in shifts] if shifts else release_shifts(root)
-    if not ids:
-        raise ReleaseError(f"no shifts found under {str(root)!r}; expected files like in_the_snow.zip")
-    mask_obj = resolve_masks(masks)
-    mask_sha = None
-    if mask_obj is not None:
-        for s in ids:
-            mask_obj.check_shift(s)
-        mask_sha = sha256_file(mask_obj.source) if mask_obj.source and Path(mask_obj.source).is_file() else None
-    sets = [ReleaseSet(root, s, class_list, indices, missing) for s in ids]
-    job = ReleaseJob(sets, mask_obj, mask_sha, samples_per_shard)
-    return run_job(job, out, engine=engine, overwrite=overwrite, progress=progress)
+        deprecated(f"dsi_bench.release.{name} is now dsi_bench.convert.{name}")
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

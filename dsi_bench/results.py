@@ -1,109 +1,185 @@
-"""Per-sample predictions -> per-shift metrics -> a versioned results JSON.
+"""The results document: its schema as code, how it is built from predictions, read, and shown.
 
-Schema ``dsi-bench/results`` version 1 (fractions in [0, 1])::
+Schema ``dsi-bench/results`` version 2 (fractions in [0, 1]); the shape is :class:`ResultsDocument`:
 
-    {"schema": "dsi-bench/results", "schema_version": 1, "package_version", "date", "git_commit",
-     "model": {"name", "spec", "weights", "preprocessing", "num_outputs", "class_map"},
-     "data": {"source", "root", "fingerprint", "masks", "classes"},
-     "hardware": {...}, "label_space": {"name", "num_classes"},
-     "summary": {"base_top1", "mean_top1", "worst_shift", "worst_top1", "shifts"},
-     "shifts": {"<id>": {"n", "top1", "top1_ci", "top5", "drop_vs_base", "pairs", "flip_rate",
-                         "reverse_flip_rate", "mcnemar_p", "fingerprint", "classes", "per_class_n",
-                         "per_class_top1", "worst_classes": [...]}}}
+* ``model`` (:class:`ModelInfo`): name, spec, weights, preprocessing, outputs, class map.
+* ``data`` (:class:`DataInfo`): source, root, fingerprint (the manifest's, or a hash of the
+  shifts' data), masks, classes, per-shift fingerprints.
+* ``run`` (:class:`RunConfig`): every setting of the run that can move a number: batch size,
+  workers, device, AMP and its dtype, ``channels_last``, JPEG decoding (draft or full, and the
+  draft size), class restriction and map, world size, and the dataset arguments. ``None`` where
+  not recorded (results written by ``score``, or files of schema version 1).
+* ``shifts.<id>`` (:class:`ShiftResult`): every metric of :data:`~dsi_bench.metrics.METRICS`
+  with its companion fields, per-class accuracy, the worst classes and the shift's fingerprint.
+* ``summary`` (:class:`Summary`): base and mean top-1 and the worst shift, and per rankable
+  metric its mean over the shifts other than base and its worst shift (``summary.metrics``).
+* ``schema``, ``schema_version``, ``package_version``, ``date``, ``git_commit``, ``hardware``,
+  ``label_space``.
 
-``mean_top1`` averages top-1 over the evaluated shifts other than ``base`` (over ``base`` alone
-when nothing else was evaluated); ``worst_*`` is the lowest of those.
+Files of schema version 1 load (they are upgraded in memory: ``run`` is ``None``, the summary
+gains ``metrics``); other versions are refused with a message naming the version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from .errors import SpecError
-from .metrics import paired_flips, per_class_accuracy, wilson_interval
+from .layout import twin_key
+from .metrics import METRICS, ShiftContext, ShiftPredictions, per_class_accuracy
 from .version import __version__
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "Results", "ShiftPredictions", "build_results", "twin_key"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "DataInfo",
+    "ModelInfo",
+    "Results",
+    "ResultsDocument",
+    "RunConfig",
+    "ShiftPredictions",
+    "ShiftResult",
+    "Summary",
+    "build_results",
+    "summarize",
+    "twin_key",
+]
 
 SCHEMA = "dsi-bench/results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this package reads (older ones are upgraded in memory).
+READABLE_VERSIONS = (1, 2)
 
 
-def twin_key(key: str) -> str:
-    """The unshifted twin of a sample: ``in_the_snow/0207/03`` -> ``base/0207/03``."""
-    return "base/" + key.split("/", 1)[1]
+class ModelInfo(TypedDict, total=False):
+    name: str
+    spec: str
+    weights: str | None
+    preprocessing: str
+    num_outputs: int | None
+    class_map: str | None
+    restricted_to_evaluated_classes: bool
+    amp: bool
 
 
-@dataclass
-class ShiftPredictions:
-    """One shift's predictions: keys, true labels, top-k predicted labels (``-1`` = none)."""
-
-    keys: list[str]
-    labels: np.ndarray
-    topk: np.ndarray  # (n, k) label-space indices, best first
-
-    def sorted(self) -> ShiftPredictions:
-        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-        return ShiftPredictions([self.keys[i] for i in order], self.labels[order], self.topk[order])
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.topk[:, 0] == self.labels
-
-    @property
-    def correct5(self) -> np.ndarray | None:
-        if self.topk.shape[1] < 5:
-            return None
-        return (self.topk[:, :5] == self.labels[:, None]).any(axis=1)
+class DataInfo(TypedDict, total=False):
+    source: str | None
+    root: str | None
+    fingerprint: str | None
+    masks: str | None
+    classes: str | None
+    shift_fingerprints: dict[str, str]
+    predictions_file: str
+    missing_predictions: dict[str, int]
+    ignored_masked_predictions: int
 
 
-def _shift_metrics(p: ShiftPredictions, base: ShiftPredictions | None, class_names: list[str], worst_k: int) -> dict:
-    n = len(p.keys)
-    correct = p.correct
-    right = int(correct.sum())
-    c5 = p.correct5
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of an evaluation run that can move a number (recorded as ``results["run"]``)."""
+
+    batch_size: int
+    num_workers: int
+    device: str
+    amp: bool
+    amp_dtype: str | None
+    channels_last: bool
+    decode: str  # "draft" (JPEGs decoded at reduced scale before the transform) or "full"
+    draft_size: int | None  # the shortest edge draft decoding keeps (None: full decoding)
+    restrict: bool
+    class_map: str | None
+    world_size: int
+    dataset: dict  # the ShiftedImageNet arguments, JSON-ready
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ShiftResult(TypedDict, total=False):
+    n: int
+    correct: int
+    top1: float | None
+    top1_ci: list[float]
+    top5: float | None
+    drop_vs_base: float | None
+    pairs: int | None
+    flips: int | None
+    reverse_flips: int | None
+    flip_rate: float | None
+    reverse_flip_rate: float | None
+    paired_base_top1: float | None
+    paired_top1: float | None
+    mcnemar_p: float | None
+    fingerprint: str | None
+    classes: list[int]
+    per_class_n: list[int]
+    per_class_top1: list[float | None]
+    worst_classes: list[dict]
+
+
+class MetricSummary(TypedDict):
+    mean: float | None
+    worst_shift: str | None
+    worst: float | None
+
+
+class Summary(TypedDict):
+    base_top1: float | None
+    mean_top1: float | None
+    worst_shift: str | None
+    worst_top1: float | None
+    shifts: list[str]
+    metrics: dict[str, MetricSummary]
+
+
+class ResultsDocument(TypedDict):
+    schema: str
+    schema_version: int
+    package_version: str
+    date: str
+    git_commit: str | None
+    model: ModelInfo
+    data: DataInfo
+    run: dict | None
+    hardware: dict
+    label_space: dict
+    summary: Summary
+    shifts: dict[str, ShiftResult]
+
+
+def _worst_classes(ctx: ShiftContext, class_names: list[str], worst_k: int) -> list[dict]:
+    if ctx.base is None:
+        return []
+    t, s, labels = ctx.pairs
+    worst = []
+    for c in sorted(set(labels.tolist())):
+        sel = labels == c
+        b_acc, s_acc = float(t[sel].mean()), float(s[sel].mean())
+        worst.append({"class": c, "name": class_names[c], "pairs": int(sel.sum()),
+                      "base_top1": b_acc, "top1": s_acc, "drop": b_acc - s_acc})
+    worst.sort(key=lambda r: (-r["drop"], r["class"]))
+    return worst[:worst_k]
+
+
+def _shift_result(ctx: ShiftContext, class_names: list[str], worst_k: int) -> ShiftResult:
+    out: dict = {}
+    for metric in METRICS.values():
+        out.update(metric.compute(ctx))
+    p = ctx.p
     classes = sorted(set(p.labels.tolist()))
-    per_n, per_acc = per_class_accuracy(p.labels, correct, len(class_names))
-    out = {
-        "n": n,
-        "correct": right,
-        "top1": right / n if n else None,
-        "top1_ci": list(wilson_interval(right, n)),
-        "top5": float(c5.mean()) if c5 is not None and n else None,
-        "classes": classes,
-        "per_class_n": [per_n[c] for c in classes],
-        "per_class_top1": [per_acc[c] for c in classes],
-    }
-    if base is not None and base is not p:
-        index = {k: i for i, k in enumerate(base.keys)}
-        mine, theirs = [], []
-        for i, k in enumerate(p.keys):
-            j = index.get(twin_key(k))
-            if j is not None:
-                mine.append(i)
-                theirs.append(j)
-        t = base.correct[theirs] if theirs else np.zeros(0, bool)
-        s = correct[mine] if mine else np.zeros(0, bool)
-        out.update(paired_flips(t, s))
-        labels = p.labels[mine] if mine else np.zeros(0, np.int64)
-        worst = []
-        for c in sorted(set(labels.tolist())):
-            sel = labels == c
-            b_acc, s_acc = float(t[sel].mean()), float(s[sel].mean())
-            worst.append({"class": c, "name": class_names[c], "pairs": int(sel.sum()),
-                          "base_top1": b_acc, "top1": s_acc, "drop": b_acc - s_acc})
-        worst.sort(key=lambda r: (-r["drop"], r["class"]))
-        out["worst_classes"] = worst[:worst_k]
-    else:
-        out.update({"pairs": None, "flips": None, "reverse_flips": None, "flip_rate": None,
-                    "reverse_flip_rate": None, "mcnemar_p": None, "worst_classes": []})
+    per_n, per_acc = per_class_accuracy(p.labels, p.correct, len(class_names))
+    out.update({"classes": classes, "per_class_n": [per_n[c] for c in classes],
+                "per_class_top1": [per_acc[c] for c in classes],
+                "worst_classes": _worst_classes(ctx, class_names, worst_k)})
     return out
 
 
@@ -115,23 +191,19 @@ def build_results(
     data: dict,
     label_space: str = "imagenet",
     hardware: dict | None = None,
+    run: RunConfig | None = None,
     worst_k: int = 10,
     extra: dict | None = None,
 ) -> Results:
     """Compute every metric from per-sample predictions (the same code for ``eval`` and ``score``)."""
     base = predictions.get("base")
-    shifts = {}
-    for shift_id, p in predictions.items():
-        shifts[shift_id] = _shift_metrics(p, base, class_names, worst_k)
-    base_top1 = shifts.get("base", {}).get("top1")
-    for shift_id, m in shifts.items():
-        ok = shift_id != "base" and base_top1 is not None and m["top1"] is not None
-        m["drop_vs_base"] = base_top1 - m["top1"] if ok else None
     data = dict(data)
     data.setdefault("shift_fingerprints", {})
-    for shift_id in shifts:
+    shifts = {}
+    for shift_id, p in predictions.items():
+        shifts[shift_id] = _shift_result(ShiftContext(shift_id, p, base), class_names, worst_k)
         shifts[shift_id]["fingerprint"] = data["shift_fingerprints"].get(shift_id)
-    result = {
+    document = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "package_version": __version__,
@@ -139,25 +211,39 @@ def build_results(
         "git_commit": _git_commit(),
         "model": model,
         "data": data,
+        "run": None if run is None else run.to_dict(),
         "hardware": hardware or {},
         "label_space": {"name": label_space, "num_classes": len(class_names)},
         "summary": summarize(shifts),
         "shifts": shifts,
         **(extra or {}),
     }
-    return Results(result)
+    return Results(document)
 
 
-def summarize(shifts: dict) -> dict:
-    scored = {s: m["top1"] for s, m in shifts.items() if m.get("top1") is not None}
-    shifted = {s: v for s, v in scored.items() if s != "base"} or scored
-    worst = min(shifted, key=lambda s: (shifted[s], s)) if shifted else None
+def summarize(shifts: dict) -> Summary:
+    """Base and mean top-1, the worst shift, and per rankable metric its mean and worst shift.
+
+    Means are over the shifts other than ``base`` (over ``base`` alone when nothing else was
+    evaluated); metrics a shift does not define (``None``) are left out of its mean.
+    """
+    metrics: dict[str, MetricSummary] = {}
+    for metric in METRICS.values():
+        if not metric.rankable:
+            continue
+        scored = {s: m[metric.name] for s, m in shifts.items() if m.get(metric.name) is not None}
+        shifted = {s: v for s, v in scored.items() if s != "base"} or scored
+        worst = metric.worst(shifted) if shifted else None
+        metrics[metric.name] = {"mean": float(np.mean(list(shifted.values()))) if shifted else None,
+                                "worst_shift": worst, "worst": shifted.get(worst) if worst else None}
+    top1 = metrics["top1"]
     return {
-        "base_top1": scored.get("base"),
-        "mean_top1": float(np.mean(list(shifted.values()))) if shifted else None,
-        "worst_shift": worst,
-        "worst_top1": shifted.get(worst) if worst else None,
+        "base_top1": shifts.get("base", {}).get("top1"),
+        "mean_top1": top1["mean"],
+        "worst_shift": top1["worst_shift"],
+        "worst_top1": top1["worst"],
         "shifts": list(shifts),
+        "metrics": metrics,
     }
 
 
@@ -172,10 +258,24 @@ def _git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def _upgrade(data: dict, where: str) -> dict:
+    """A document of an older readable schema version, in the current shape."""
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise SpecError(f"{where} has results schema version {version!r}; this dsi-bench reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}"
+                        + (": upgrade dsi-bench" if isinstance(version, int) and version > SCHEMA_VERSION else
+                           ": re-run the evaluation with this dsi-bench"))
+    if version == 1:  # v1 had no run section and only top-1 in the summary; the metrics are the same
+        data = {**data, "schema_version": SCHEMA_VERSION, "run": None, "upgraded_from": 1}
+        data["summary"] = summarize(data.get("shifts", {}))
+    return data
+
+
 class Results:
     """A results document (see the module docs); ``results["shifts"]["in_the_snow"]["top1"]``."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: ResultsDocument | dict):
         self.data = data
 
     def __getitem__(self, key):
@@ -187,8 +287,13 @@ class Results:
         return f"Results({self.data['model'].get('name')!r}, {len(self.data['shifts'])} shifts, mean top-1 {mean})"
 
     @property
-    def shifts(self) -> dict:
+    def shifts(self) -> dict[str, ShiftResult]:
         return self.data["shifts"]
+
+    @property
+    def run(self) -> dict | None:
+        """The run's settings (:class:`RunConfig` as a dict), or ``None`` where not recorded."""
+        return self.data.get("run")
 
     def save(self, path: str | os.PathLike) -> Path:
         from .files import atomic_write
@@ -197,10 +302,11 @@ class Results:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Results:
-        """Read a results file, checking its schema.
+        """Read a results file, checking its schema (version 1 files are upgraded in memory).
 
         Raises:
-            SpecError: not JSON, not a dsi-bench results file, or a newer schema version.
+            SpecError: not JSON, not a dsi-bench results file, or a schema version this package
+                does not read.
         """
         from .files import read_json
 
@@ -208,24 +314,24 @@ class Results:
         data = read_json(path, "results file", SpecError)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise SpecError(f"{str(path)!r} is not a dsi-bench results file (schema {SCHEMA!r})")
-        if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise SpecError(f"{str(path)!r} has results schema version {data['schema_version']}; this dsi-bench "
-                            f"reads up to {SCHEMA_VERSION}: upgrade dsi-bench")
-        return cls(data)
+        return cls(_upgrade(data, repr(str(path))))
 
     def table(self) -> str:
-        """A per-shift text table: n, top-1 with its interval, top-5, drop and flips vs base."""
-        rows = [("shift", "n", "top-1", "95% CI", "top-5", "drop", "flip", "rev.flip", "McNemar p")]
-
-        def pct(v):
-            return "-" if v is None else f"{100 * v:.1f}"
-
-        for s, m in self.shifts.items():
-            lo, hi = m["top1_ci"]
-            p = m.get("mcnemar_p")
-            rows.append((s, str(m["n"]), pct(m["top1"]), f"{100 * lo:.1f}-{100 * hi:.1f}", pct(m["top5"]),
-                         pct(m.get("drop_vs_base")), pct(m.get("flip_rate")), pct(m.get("reverse_flip_rate")),
-                         "-" if p is None else f"{p:.2g}"))
+        """A per-shift text table of every metric in :data:`~dsi_bench.metrics.METRICS` (top-1 with its 95% CI)."""
+        header = ["shift"]
+        for m in METRICS.values():
+            header.append(m.label)
+            if m.interval:
+                header.append("95% CI")
+        rows = [tuple(header)]
+        for s, values in self.shifts.items():
+            row = [s]
+            for m in METRICS.values():
+                row.append(m.format(values.get(m.name)))
+                if m.interval:
+                    lo, hi = values[m.interval]
+                    row.append(f"{100 * lo:.1f}-{100 * hi:.1f}")
+            rows.append(tuple(row))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]

@@ -102,46 +102,52 @@ def _topk_array(tops: list[list[int]], k: int = 5) -> np.ndarray:
 
 def score_predictions(
     path: str | os.PathLike,
+    data=None,
     *,
-    source: str | None = None,
-    root=None,
     shifts=None,
-    masks=False,
-    classes=None,
-    per_class: int | None = None,
-    class_list: ClassList | None = None,
     allow_missing: bool = False,
     name: str | None = None,
     worst_k: int = 10,
+    **legacy,
 ) -> Results:
     """Results for a predictions CSV (see the module docs).
 
     Args:
-        source, root: the data the predictions are for (``"shards"`` or ``"imagenet-star"``);
-            without them, labels come from the ``label`` column or the keys, and nothing can be
-            checked for missing samples.
+        data: the data the predictions are for, as in :func:`~dsi_bench.evaluate.evaluate`: a
+            :class:`~dsi_bench.ShiftedImageNet` or a dict of its arguments (``source``, ``root``,
+            ``classes``, ``per_class``, ``masks``, ``class_list``). Without a source, labels come
+            from the ``label`` column or the keys, and nothing can be checked for missing samples.
         shifts: which shifts to score (default: every shift in the file).
-        masks: as in :class:`~dsi_bench.ShiftedImageNet`.
         allow_missing: count samples without a prediction as wrong (and list them in
             ``data.missing_predictions``) instead of refusing.
+
+    Deprecated (0.2): ``source=``, ``root=``, ``masks=``, ``classes=``, ``per_class=``,
+    ``class_list=`` as keywords of ``score_predictions`` itself.
 
     Raises:
         PredictionsError: unknown, duplicate or (without ``allow_missing``) missing keys.
     """
+    from .compat import reject_unknown
     from .datasets import ShiftedImageNet
-    from .evaluate import _fingerprint, data_info, resolve_shifts
+    from .evaluate import data_arguments, data_info, resolve_shifts
 
+    args = data_arguments(data, (), legacy, "score_predictions")
+    reject_unknown(legacy, "score_predictions")
+    source, root = args.get("source"), args.get("root")
+    masks, classes = args.get("masks", False), args.get("classes")
+    class_list = args.get("class_list")
     class_list = class_list or imagenet_classes()
     rows = read_predictions(path, class_list)
     if not rows:
         raise PredictionsError(f"{str(path)!r} holds no predictions")
     in_file = list(dict.fromkeys(k.split("/", 1)[0] for k in rows))
-    shift_ids = resolve_shifts(shifts if shifts is not None else in_file, source or "shards", root)
+    shift_ids = resolve_shifts(shifts if shifts is not None else in_file, source, root)
     preds: dict[str, ShiftPredictions] = {}
     fingerprints: dict[str, str] = {}
     manifest = None
     missing_total: dict[str, list[str]] = {}
     ignored = 0
+    backend_masks = None
     if source is None:
         for s in shift_ids:
             keys = sorted(k for k in rows if k.startswith(s + "/"))
@@ -150,15 +156,12 @@ def score_predictions(
     else:
         unknown: list[str] = []
         for s in shift_ids:
-            ds = ShiftedImageNet(s, source=source, root=root, classes=classes, per_class=per_class, masks=masks,
-                                 class_list=class_list)
+            ds = ShiftedImageNet(s, **{**args, "class_list": class_list})
             expected = dict(zip(ds.keys, ds.targets))
             known = expected if masks in (False, None) else set(
-                ShiftedImageNet(s, source=source, root=root, classes=classes, per_class=per_class,
-                                class_list=class_list).keys)
-            fingerprints[s] = _fingerprint(ds)
-            if source == "shards":
-                manifest = ds._store.fingerprint
+                ShiftedImageNet(s, **{**args, "class_list": class_list, "masks": False}).keys)
+            fingerprints[s] = ds.fingerprint()
+            manifest, backend_masks = ds.backend.data_fingerprint, ds.backend.masks
             mine = [k for k in rows if k.startswith(s + "/")]
             unknown += [k for k in mine if k not in known]
             ignored += sum(1 for k in mine if k in known and k not in expected)
@@ -182,7 +185,7 @@ def score_predictions(
             first = [k for v in missing_total.values() for k in v]
             raise PredictionsError(f"{str(path)!r}: {n} samples have no prediction: {_examples(first)}; predict every "
                                    "sample, or pass allow_missing (--allow-missing) to count them as wrong")
-    data = data_info(source or "predictions", root, masks, classes, fingerprints, manifest) if source else {
+    data = data_info(source, root, masks, classes, fingerprints, manifest, backend_masks=backend_masks) if source else {
         "source": None, "root": None, "fingerprint": None, "masks": None, "classes": None}
     data["predictions_file"] = str(path)
     data["missing_predictions"] = {s: len(v) for s, v in missing_total.items()}

@@ -11,9 +11,9 @@ and ``{key}.json`` (the sample's full metadata), with ``key = {shift}/{class:04d
 Reading. :class:`ShardSet` opens a folder or any fsspec URL (``file://``, ``s3://``,
 ``hf://datasets/USER/NAME``). Random access uses a per-shard index of tar offsets (built once
 by reading tar headers and the small ``.cls``/``.json`` members, then cached on disk under
-the shard's sha256); streaming (:class:`ShardStream`) reads whole shards sequentially, one
-shard per ``DataLoader`` worker at a time, and checks each shard's sample count against
-the manifest so nothing is skipped silently.
+the shard's sha256), checked against the manifest (sample count, first and last key). The
+dataset plugin over it is :mod:`dsi_bench.sources.shards`; the names on disk are in
+:mod:`dsi_bench.layout`.
 """
 
 from __future__ import annotations
@@ -22,45 +22,25 @@ import json
 import logging
 import os
 import tarfile
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import ShardError
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
+from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, split_member
+from .memo import Memo
 
 __all__ = [
-    "MANIFEST",
     "SampleEntry",
     "ShardSet",
-    "ShardStream",
     "VerifyReport",
-    "shard_path",
-    "split_member",
     "verify_shards",
 ]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "dsi-bench/shards"
-MANIFEST_VERSION = 1
 _INDEX_VERSION = 1
-
-
-def shard_path(shift_id: str, k: int) -> str:
-    """Relative path of shard ``k`` of a shift: ``{shift}/{shift}-{k:06d}.tar``."""
-    return f"{shift_id}/{shift_id}-{k:06d}.tar"
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """``"base/0001/07.json"`` -> ``("base/0001/07", "json")`` (WebDataset's rule: first dot of the basename)."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
 @dataclass(frozen=True)
@@ -148,7 +128,7 @@ def _read_manifest(root: _Root) -> dict:
 
 # ---------------------------------------------------------------------- indexing
 def _index_dir() -> Path:
-    from .cache import default_cache_dir
+    from .files import default_cache_dir
 
     return default_cache_dir() / "shard-index"
 
@@ -189,8 +169,8 @@ def _scan_shard(f, shard: str) -> list[SampleEntry]:
     return entries
 
 
-_MEMO: dict[str, list[SampleEntry]] = {}
-_MEMO_LOCK = threading.Lock()
+#: Indexes of shards read in this process (a full ImageNet* set is 1,200 shards).
+_MEMO = Memo("shard indexes", 4096)
 
 
 def _cached_index(root: _Root, record: dict) -> list[SampleEntry]:
@@ -204,9 +184,9 @@ def _cached_index(root: _Root, record: dict) -> list[SampleEntry]:
     digest = record["sha256"]
     stamp = hashlib.sha256(root.stamp(record["path"]).encode()).hexdigest()[:16]
     memo_key = f"{root.url}|{record['path']}|{digest}|{stamp}"
-    with _MEMO_LOCK:
-        if memo_key in _MEMO:
-            return _MEMO[memo_key]
+    cached = _MEMO.get(memo_key)
+    if cached is not None:
+        return cached
     path = _index_dir() / digest[:2] / f"{digest}-{stamp}.json"
     entries = None
     if path.is_file():
@@ -227,8 +207,7 @@ def _cached_index(root: _Root, record: dict) -> list[SampleEntry]:
             atomic_write(path, json.dumps({"version": _INDEX_VERSION, "samples": rows}).encode())
         except OSError as e:  # a read-only cache costs a rescan next time, nothing else
             logger.info("could not cache the index of %s: %s", record["path"], e)
-    with _MEMO_LOCK:
-        _MEMO[memo_key] = entries
+    _MEMO.put(memo_key, entries)
     return entries
 
 
@@ -371,17 +350,7 @@ class ShardSet:
             raise ShardError(f"shard {rel} is damaged ({e}); run `dsi-bench verify` and rebuild it") from None
 
 
-# ---------------------------------------------------------------------- streaming
-def _worker_slice() -> tuple[int, int]:
-    """(position, count) of this DataLoader worker across all workers of all ranks."""
-    import torch.distributed as dist
-
-    info = torch.utils.data.get_worker_info()
-    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    return rank * nw + wid, world * nw
-
-
+# ---------------------------------------------------------------------- verification
 def _image_member(sample: dict) -> tuple[str, bytes] | None:
     for ext in IMAGE_EXTENSIONS:
         if ext in sample:
@@ -389,79 +358,6 @@ def _image_member(sample: dict) -> tuple[str, bytes] | None:
     return None
 
 
-class ShardStream(torch.utils.data.IterableDataset):
-    """Iterable over one shift's samples, reading whole shards sequentially.
-
-    With ``DataLoader(num_workers=W)`` (and ``torch.distributed`` ranks), shard ``j`` goes to
-    reader ``j mod (W * world)``: every shard is read exactly once. Each shard's sample count
-    is checked against the manifest; masked-out samples are counted, never silently lost.
-    ``counts`` holds ``read``, ``yielded``, ``masked`` of the last iteration in this process.
-
-    Built by :meth:`dsi_bench.ShiftedImageNet.stream`; yields ``(image, label)`` or, with
-    ``return_key``, ``(image, label, key)``. ``select(key, label, keep_flag)`` says whether a
-    sample belongs (``True``), is masked out (``False``) or is not selected at all (``None``).
-    """
-
-    def __init__(
-        self,
-        shards: ShardSet,
-        shift_id: str,
-        *,
-        select: Callable[[str, int, bool | None], bool | None] | None = None,
-        transform: Callable | None = None,
-        target_transform: Callable | None = None,
-        draft: int | None = None,
-        return_key: bool = False,
-        split: bool = True,
-    ):
-        super().__init__()
-        self.shards = shards
-        self.shift_id = shift_id
-        self.records = shards.shards(shift_id)
-        self.select = select
-        self.transform = transform
-        self.target_transform = target_transform
-        self.draft = draft
-        self.return_key = return_key
-        self.split = split
-        self.counts = {"read": 0, "yielded": 0, "masked": 0}
-
-    def __iter__(self):
-        pos, n = _worker_slice() if self.split else (0, 1)
-        self.counts = counts = {"read": 0, "yielded": 0, "masked": 0}
-        mine = self.records[pos::n]
-        for record in mine:
-            # The shard's index (cached after the first read) gives labels, mask flags and offsets, so
-            # only the chosen images are read, in file order, through one handle.
-            entries = self.shards.index(record)
-            with self.shards.root.open(record["path"]) as f:
-                for e in entries:
-                    counts["read"] += 1
-                    verdict = True if self.select is None else self.select(e.key, e.label, e.keep)
-                    if verdict is None:
-                        continue  # not part of this dataset (another class, or beyond per_class)
-                    if not verdict:
-                        counts["masked"] += 1
-                        continue
-                    data = self.shards.read_member(e.shard, e.image_offset, e.image_size,
-                                                   f"{e.key}.{e.image_ext}", f=f)
-                    try:
-                        image = decode_image(data, self.draft)
-                    except Exception as exc:  # noqa: BLE001
-                        raise ShardError(f"shard {record['path']}: image of {e.key!r} does not decode "
-                                         f"({decode_error(exc)})") from None
-                    label = e.label
-                    if self.transform is not None:
-                        image = self.transform(image)
-                    if self.target_transform is not None:
-                        label = self.target_transform(label)
-                    counts["yielded"] += 1
-                    yield (image, label, e.key) if self.return_key else (image, label)
-        logger.info("%s: read %d samples from %d shards, yielded %d, masked out %d", self.shift_id,
-                    counts["read"], len(mine), counts["yielded"], counts["masked"])
-
-
-# ---------------------------------------------------------------------- verification
 @dataclass
 class VerifyReport:
     """Result of :func:`verify_shards`: ``problems`` maps shard path -> what is wrong."""

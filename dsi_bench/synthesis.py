@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .cache import SampleCache
 from .classes import ClassList
 from .errors import TokenBankError
+from .layout import sample_key
 from .pipeline import PipelineSpec, load_pipeline, model_fingerprint, read_component_config
 from .shifts import Shift, get_shift
 from .tokens import TokenBank, dim_mismatch_message, load_tokens
@@ -47,11 +48,6 @@ def sample_seed(seed: int, class_index: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sample_key(shift_id: str, class_index: int, index: int) -> str:
-    """The stable key of a sample: ``{shift_id}/{class_index:04d}/{index:02d}``."""
-    return f"{shift_id}/{class_index:04d}/{index:02d}"
-
-
 @dataclass(frozen=True)
 class SampleRequest:
     """One sample to generate."""
@@ -61,9 +57,16 @@ class SampleRequest:
     index: int
     seed: int = 0
 
+    #: Generated samples carry no recorded mask flag (the :class:`~dsi_bench.sources.base.Entry` protocol).
+    keep = None
+
     @property
     def key(self) -> str:
         return sample_key(self.shift.id, self.class_index, self.index)
+
+    @property
+    def label(self) -> int:
+        return self.class_index
 
     @property
     def sample_seed(self) -> int:
@@ -93,23 +96,23 @@ class Synthesizer:
     :meth:`generate`; computing keys and metadata never loads it.
 
     Args:
-        spec: the pipeline spec.
+        pipeline: the pipeline spec (kept as :attr:`spec`).
         tokens: class tokens; ``None`` puts the class *name* into the prompt instead.
-        classes: the class list labels refer to.
+        class_list: the label space labels refer to.
         cache: where finished samples are kept; :meth:`samples` serves hits from it
             without loading the pipeline.
     """
 
     def __init__(
         self,
-        spec: PipelineSpec,
+        pipeline: PipelineSpec,
         tokens: TokenBank | None,
-        classes: ClassList,
+        class_list: ClassList,
         cache: SampleCache | None = None,
     ):
-        self.spec = spec
+        spec = self.spec = pipeline
         self.tokens = tokens
-        self.classes = classes
+        self.class_list = class_list
         self.cache = cache
         if tokens is not None:
             # Fail before anything is generated, not at the first batch.
@@ -122,17 +125,17 @@ class Synthesizer:
     @classmethod
     def open(
         cls,
-        spec: PipelineSpec,
+        pipeline: PipelineSpec,
         tokens,
-        classes: ClassList,
-        class_indices: Sequence[int],
+        class_list: ClassList,
+        classes: Sequence[int],
         cache_dir=None,
     ) -> Synthesizer:
         """A synthesizer from user-level options, checked up front.
 
         Args:
             tokens: anything :func:`~dsi_bench.tokens.load_tokens` takes, or ``None`` for class names.
-            class_indices: the classes that will be requested; the bank must cover them.
+            classes: the class indices that will be requested; the bank must cover them.
             cache_dir: sample cache folder; ``None``/``True`` = the default cache, ``False`` = none.
 
         Raises:
@@ -140,10 +143,10 @@ class Synthesizer:
         """
         bank = None
         if tokens is not None:
-            bank = load_tokens(tokens, classes=list(classes))
-            bank.require(class_indices)
+            bank = load_tokens(tokens, class_list=list(class_list))
+            bank.require(classes)
         cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
-        return cls(spec, bank, classes, cache)
+        return cls(pipeline, bank, class_list, cache)
 
     @property
     def model_fingerprint(self) -> str:
@@ -159,7 +162,7 @@ class Synthesizer:
 
     def token(self, class_index: int) -> str:
         if self.tokens is None:
-            return self.classes[class_index].name
+            return self.class_list[class_index].name
         return self.tokens.token_for(class_index)
 
     def prompt(self, request: SampleRequest) -> str:
@@ -189,7 +192,7 @@ class Synthesizer:
         import diffusers
         import torch
 
-        c = self.classes[request.class_index]
+        c = self.class_list[request.class_index]
         spec = self.spec
         return {
             "key": request.key,

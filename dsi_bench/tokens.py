@@ -12,7 +12,6 @@ Injection into a pipeline goes through diffusers' own ``load_textual_inversion``
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -26,8 +25,10 @@ from pathlib import Path
 import torch
 
 from .classes import ClassInfo, imagenet_classes
+from .compat import reject_unknown, renamed
 from .errors import OfflineError, TokenBankError
 from .files import atomic_write
+from .memo import Memo
 
 __all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "fetch_imagenet_star_tokens", "load_tokens"]
 
@@ -111,16 +112,38 @@ class TokenBank:
         indices = [c.index for c in classes]
         if len(set(indices)) != len(indices):
             raise TokenBankError("each class index may appear only once in a token bank")
-        self.embeddings = embeddings.contiguous()
-        self.classes = classes
-        self.tokens = tokens
-        self.base_model = base_model
-        self.extra = dict(extra or {})
-        self._row = {c.index: i for i, c in enumerate(classes)}
+        embeddings = embeddings.contiguous()
+        embeddings.requires_grad_(False)
+        init = object.__setattr__
+        init(self, "embeddings", embeddings)
+        init(self, "class_infos", tuple(classes))
+        init(self, "tokens", tuple(tokens))
+        init(self, "base_model", base_model)
+        init(self, "extra", json.loads(json.dumps(extra or {})))  # a private copy, JSON-clean
+        init(self, "_row", {c.index: i for i, c in enumerate(classes)})
+        # Computed now, not on first use: the fingerprint keys the pipeline and sample caches.
+        init(self, "fingerprint", self._compute_fingerprint())
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"TokenBank is immutable; make a changed copy with bank.replace({name}=...)")
+
+    def replace(self, *, base_model: str | None = None, extra: dict | None = None) -> TokenBank:
+        """A copy with another base model or extra metadata (tokens and embeddings are the same)."""
+        return TokenBank(self.embeddings, self.class_infos, self.tokens,
+                         base_model=self.base_model if base_model is None else base_model,
+                         extra=self.extra if extra is None else extra)
+
+    @property
+    def classes(self) -> tuple[ClassInfo, ...]:
+        """Deprecated name of :attr:`class_infos`."""
+        from .compat import deprecated
+
+        deprecated("TokenBank.classes is now TokenBank.class_infos")
+        return self.class_infos
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
-        return len(self.classes)
+        return len(self.class_infos)
 
     def __contains__(self, class_index: object) -> bool:
         return class_index in self._row
@@ -137,7 +160,7 @@ class TokenBank:
 
     @property
     def class_indices(self) -> list[int]:
-        return [c.index for c in self.classes]
+        return [c.index for c in self.class_infos]
 
     def _row_of(self, class_index: int) -> int:
         try:
@@ -178,9 +201,8 @@ class TokenBank:
         h.update(self.embeddings[row].numpy().tobytes())
         return h.hexdigest()
 
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """sha256 over all tokens and embeddings (order-independent)."""
+    def _compute_fingerprint(self) -> str:
+        """sha256 over all tokens and embeddings (order-independent): the bank's :attr:`fingerprint`."""
         h = hashlib.sha256()
         for i in sorted(self._row):
             h.update(self.class_fingerprint(i).encode())
@@ -190,7 +212,7 @@ class TokenBank:
         rows = [self._row_of(i) for i in class_indices]
         return TokenBank(
             self.embeddings[rows],
-            [self.classes[r] for r in rows],
+            [self.class_infos[r] for r in rows],
             [self.tokens[r] for r in rows],
             base_model=self.base_model,
             extra=self.extra,
@@ -210,7 +232,7 @@ class TokenBank:
             "format_version": _FORMAT_VERSION,
             "base_model": self.base_model,
             "dim": self.dim,
-            "classes": [{**c.to_dict(), "token": t} for c, t in zip(self.classes, self.tokens)],
+            "classes": [{**c.to_dict(), "token": t} for c, t in zip(self.class_infos, self.tokens)],
             "extra": self.extra,
         }
 
@@ -244,15 +266,18 @@ class TokenBank:
         cls,
         path: str | os.PathLike,
         *,
-        classes: Sequence[ClassInfo] | None = None,
+        class_list: Sequence[ClassInfo] | None = None,
         base_model: str = IMAGENET_STAR_BASE_MODEL,
+        **deprecated_names,
     ) -> TokenBank:
         """Import the ImageNet* release layout: ``{i}.bin`` files in a folder or in ``tokens.zip``.
 
         Each file is a ``torch.save``d tensor of one embedding row, read with
-        ``torch.load(weights_only=True)``. Class names default to the ImageNet-1k list and
-        token names follow the release's ``<{name}-{index}>``.
+        ``torch.load(weights_only=True)``. Class names come from ``class_list`` (default the
+        ImageNet-1k list) and token names follow the release's ``<{name}-{index}>``.
         """
+        classes = renamed(deprecated_names, "classes", "class_list", class_list, where="TokenBank.from_release: ")
+        reject_unknown(deprecated_names, "TokenBank.from_release")
         path = Path(path)
         rows: dict[int, torch.Tensor] = {}
         if path.is_file() and zipfile.is_zipfile(path):
@@ -291,14 +316,18 @@ class TokenBank:
         cls,
         path: str | os.PathLike,
         *,
-        classes: Sequence[ClassInfo] | None = None,
+        class_list: Sequence[ClassInfo] | None = None,
         base_model: str | None = None,
+        **deprecated_names,
     ) -> TokenBank:
         """Import diffusers textual-inversion files (``{token: tensor}``) or a folder of them.
 
         The class of each token is read from a ``<name-index>`` token, else from a numeric
-        file or folder name, else from the sorted file order.
+        file or folder name, else from the sorted file order; with ``class_list``, classes
+        come from it by index.
         """
+        classes = renamed(deprecated_names, "classes", "class_list", class_list, where="TokenBank.from_diffusers: ")
+        reject_unknown(deprecated_names, "TokenBank.from_diffusers")
         path = Path(path)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
@@ -351,7 +380,7 @@ class TokenBank:
         from safetensors.torch import save
 
         folder = Path(folder)
-        for i, (c, token) in enumerate(zip(self.classes, self.tokens)):
+        for i, (c, token) in enumerate(zip(self.class_infos, self.tokens)):
             data = save({token: self.embeddings[i : i + 1].clone()})
             atomic_write(folder / f"{c.index:04d}" / "learned_embeds.safetensors", data)
         return folder
@@ -490,19 +519,21 @@ def fetch_imagenet_star_tokens(*, revision: str | None = None, cache_dir: str | 
         ) from None
 
 
-def load_tokens(source, *, classes: Sequence[ClassInfo] | None = None) -> TokenBank:
-    """Load a token bank from any supported source.
+def load_tokens(source, *, class_list: Sequence[ClassInfo] | None = None, **deprecated_names) -> TokenBank:
+    """Load a token bank from any supported source (read once per process and file version).
 
     Args:
         source: a :class:`TokenBank`; ``"imagenet-star"`` (or the Hub repo id) to fetch the
             release's tokens; a dsi-bench ``.safetensors`` bank; the release's ``tokens.zip``
             or ``tokens/`` folder; a diffusers ``learned_embeds`` file or a folder of them.
-        classes: class list for release/diffusers imports (default: ImageNet-1k).
+        class_list: the classes of release/diffusers imports (default: ImageNet-1k).
 
     Raises:
         TokenBankError: the path does not exist or has an unknown layout.
         OfflineError: the Hub tokens were asked for and the Hub is unreachable.
     """
+    classes = renamed(deprecated_names, "classes", "class_list", class_list, where="load_tokens: ")
+    reject_unknown(deprecated_names, "load_tokens")
     if isinstance(source, TokenBank):
         return source
     if isinstance(source, str) and source in ("imagenet-star", IMAGENET_STAR_TOKENS_REPO):
@@ -512,13 +543,12 @@ def load_tokens(source, *, classes: Sequence[ClassInfo] | None = None) -> TokenB
         # Datasets for many shifts usually share one bank file: read it once per process.
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, None if classes is None else tuple(classes))
-        if key not in _LOADED:
-            _LOADED[key] = _load_tokens_uncached(path, classes)
-        return _LOADED[key]
+        return _LOADED.get_or_create(key, lambda: _load_tokens_uncached(path, classes))
     return _load_tokens_uncached(path, classes)
 
 
-_LOADED: dict[tuple, TokenBank] = {}
+#: Banks read in this process (immutable, so sharing them is safe).
+_LOADED = Memo("token banks", 16)
 
 
 def _load_tokens_uncached(path: Path, classes) -> TokenBank:
@@ -532,13 +562,13 @@ def _load_tokens_uncached(path: Path, classes) -> TokenBank:
         if path.suffix == ".safetensors":
             if _read_safetensors_meta(path) is not None:
                 return _load_bank_file(path)
-            return TokenBank.from_diffusers(path, classes=classes)
+            return TokenBank.from_diffusers(path, class_list=classes)
         if zipfile.is_zipfile(path):
-            return TokenBank.from_release(path, classes=classes)
+            return TokenBank.from_release(path, class_list=classes)
         if path.suffix in (".bin", ".pt", ".pth"):
-            return TokenBank.from_diffusers(path, classes=classes)
+            return TokenBank.from_diffusers(path, class_list=classes)
         raise TokenBankError(f"unknown token file type {str(path)!r}; expected .safetensors, .zip, .bin or .pt")
     folder = path / "tokens" if (path / "tokens").is_dir() else path
     if any(f.stem.isdigit() for f in folder.glob("*.bin")):
-        return TokenBank.from_release(path, classes=classes)
-    return TokenBank.from_diffusers(path, classes=classes)
+        return TokenBank.from_release(path, class_list=classes)
+    return TokenBank.from_diffusers(path, class_list=classes)

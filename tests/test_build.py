@@ -31,7 +31,7 @@ def reference(tmp_path_factory, tiny_model, tiny_tokens):
 
     spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
     out = tmp_path_factory.mktemp("ref") / "shards"
-    summary = build_shards(out, spec=spec, tokens=tiny_tokens, **ARGS)
+    summary = build_shards(out, pipeline=spec, tokens=tiny_tokens, **ARGS)
     return out, summary, spec
 
 
@@ -61,7 +61,7 @@ def test_layout_manifest_and_samples(reference):
 def test_rerun_skips_everything_and_changes_nothing(reference, tiny_tokens):
     out, _, spec = reference
     before = tree_bytes(out)
-    again = build_shards(out, spec=spec, tokens=tiny_tokens, **ARGS)
+    again = build_shards(out, pipeline=spec, tokens=tiny_tokens, **ARGS)
     assert again.shards_built == 0 and again.shards_skipped == 6 and again.complete
     assert tree_bytes(out) == before
 
@@ -80,7 +80,7 @@ def test_damaged_and_partial_shards_are_rebuilt_identically(reference, tiny_toke
     (copy / "in_the_snow" / "in_the_snow-000002.tar").write_bytes(b"cut short")
     (copy / "base" / ".base-000000.tar.999999.tmp").write_bytes(b"left by a killed worker")
     (copy / MANIFEST).unlink()
-    summary = build_shards(copy, spec=spec, tokens=tiny_tokens, **ARGS)
+    summary = build_shards(copy, pipeline=spec, tokens=tiny_tokens, **ARGS)
     assert summary.shards_built == 2 and summary.shards_skipped == 4
     assert tree_bytes(copy) == before
     assert not list(copy.glob("*/.*.tmp"))
@@ -94,8 +94,8 @@ def test_another_plan_is_refused_then_overwritten(reference, tiny_tokens, tmp_pa
     shutil.copytree(out, copy)
     args = {**ARGS, "per_class": 2}
     with pytest.raises(ShardError, match="another plan .*per_class"):
-        build_shards(copy, spec=spec, tokens=tiny_tokens, **args)
-    summary = build_shards(copy, spec=spec, tokens=tiny_tokens, overwrite=True, **args)
+        build_shards(copy, pipeline=spec, tokens=tiny_tokens, **args)
+    summary = build_shards(copy, pipeline=spec, tokens=tiny_tokens, overwrite=True, **args)
     assert summary.complete and summary.manifest["samples"] == 12
     assert sorted(p.name for p in (copy / "base").glob("*.tar")) == ["base-000000.tar", "base-000001.tar"]
 
@@ -145,20 +145,21 @@ def test_verify_decodes_images(reference, tmp_path):
 
 def test_bad_arguments(tiny_spec, tiny_tokens, tmp_path):
     with pytest.raises(SpecError, match="image format 'gif'"):
-        build_shards(tmp_path, spec=tiny_spec, tokens=tiny_tokens, image_format="gif")
+        build_shards(tmp_path, pipeline=tiny_spec, tokens=tiny_tokens, image_format="gif")
     with pytest.raises(SpecError, match="samples_per_shard=0"):
-        build_shards(tmp_path, spec=tiny_spec, tokens=tiny_tokens, samples_per_shard=0)
+        build_shards(tmp_path, pipeline=tiny_spec, tokens=tiny_tokens, samples_per_shard=0)
     with pytest.raises(SpecError, match="unknown engine 'spark'"):
-        build_shards(tmp_path, spec=tiny_spec, tokens=tiny_tokens, classes="0", per_class=1, engine="spark")
+        build_shards(tmp_path, pipeline=tiny_spec, tokens=tiny_tokens, classes="0", per_class=1, engine="spark")
     with pytest.raises(SpecError, match="same shift twice"):
-        build_shards(tmp_path, spec=tiny_spec, tokens=tiny_tokens, shifts=["in the snow", "in_the_snow"])
+        build_shards(tmp_path, pipeline=tiny_spec, tokens=tiny_tokens, shifts=["in the snow", "in_the_snow"])
     with pytest.raises(SpecError, match="RANK and WORLD_SIZE"):
-        build_shards(tmp_path / "t", spec=tiny_spec, tokens=tiny_tokens, classes="0", per_class=1, engine="torchrun")
+        build_shards(tmp_path / "t", pipeline=tiny_spec, tokens=tiny_tokens, classes="0", per_class=1,
+                     engine="torchrun")
 
 
 def _cli_build(out: Path, tiny_model: Path, tiny_tokens: Path, extra=()) -> list[str]:
-    return ["build", "--model", str(tiny_model), "--tokens", str(tiny_tokens), "--shifts", "base,in_the_snow",
-            "--classes", "0-2", "--per-class", "3", "--samples-per-shard", "4", "--format", "png", "--steps", "2",
+    return ["build", "--generator", str(tiny_model), "--tokens", str(tiny_tokens), "--shifts", "base,in_the_snow",
+            "--classes", "0-2", "--per-class", "3", "--samples-per-shard", "4", "--image-format", "png", "--steps", "2",
             "--batch-size", "4", "--out-size", "0", "--cpu-threads", "1", "--out", str(out), "-q", *extra]
 
 
@@ -199,7 +200,7 @@ def test_torchrun_two_ranks_equal_one_process(reference, tiny_model, tiny_tokens
 
 def test_local_processes_equal_one_process(reference, tiny_tokens, tmp_path):
     out = tmp_path / "procs"
-    summary = build_shards(out, spec=reference[2], tokens=tiny_tokens, devices=["cpu", "cpu"], **ARGS)
+    summary = build_shards(out, pipeline=reference[2], tokens=tiny_tokens, devices=["cpu", "cpu"], **ARGS)
     assert summary.complete and summary.shards_built == 6
     assert tree_bytes(out) == tree_bytes(reference[0])
 
@@ -209,7 +210,7 @@ def test_ray_engine_equals_one_process(reference, tiny_tokens, tmp_path):
     out = tmp_path / "ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        summary = build_shards(out, spec=reference[2], tokens=tiny_tokens, engine="ray", **ARGS)
+        summary = build_shards(out, pipeline=reference[2], tokens=tiny_tokens, engine="ray", **ARGS)
     finally:
         ray.shutdown()
     assert summary.complete and summary.shards_built == 6

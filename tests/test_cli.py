@@ -27,7 +27,7 @@ def test_every_command_help_shows_an_example():
 
 def _generate(tiny_model, tiny_tokens, out, *extra):
     return main([
-        "generate", "--model", str(tiny_model), "--tokens", str(tiny_tokens), "--shift", "in the rain",
+        "generate", "--generator", str(tiny_model), "--tokens", str(tiny_tokens), "--shift", "in the rain",
         "--classes", "0-1,207", "--per-class", "2", "--seed", "0", "--batch-size", "4", "--steps", "2",
         "--out-size", "0", "--out", str(out), "--quiet", "--no-cache", *extra,
     ])
@@ -35,7 +35,7 @@ def _generate(tiny_model, tiny_tokens, out, *extra):
 
 def test_generate_writes_the_layout_and_metadata(tiny_model, tiny_tokens, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg") == 0
+    assert _generate(tiny_model, tiny_tokens, out, "--image-format", "jpg") == 0
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
     assert files == [f"in_the_rain/{c:04d}/{i:02d}.jpg" for c in (0, 1, 207) for i in (0, 1)]
     lines = [json.loads(x) for x in (out / "in_the_rain" / "metadata.jsonl").read_text().splitlines()]
@@ -45,11 +45,11 @@ def test_generate_writes_the_layout_and_metadata(tiny_model, tiny_tokens, tmp_pa
     assert "in_the_rain" in capsys.readouterr().out
     # A rerun with the same settings resumes: nothing new is generated, nothing is lost.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
-    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg") == 0
+    assert _generate(tiny_model, tiny_tokens, out, "--image-format", "jpg") == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == before
     assert "      0" in capsys.readouterr().out
     # Other settings into the same folder regenerate instead of silently keeping stale images.
-    assert _generate(tiny_model, tiny_tokens, out, "--format", "jpg", "--steps", "3") == 0
+    assert _generate(tiny_model, tiny_tokens, out, "--image-format", "jpg", "--steps", "3") == 0
     lines = [json.loads(x) for x in (out / "in_the_rain" / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and {r["steps"] for r in lines} == {3}
 
@@ -70,7 +70,8 @@ def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["generate", "--shift", "in the rian", "--out", "{tmp}"], "Did you mean 'in_the_rain'"),
-    (["generate", "--model", "{tmp}/nope/model", "--tokens", "none", "--out", "{tmp}"], "neither an existing folder"),
+    (["generate", "--generator", "{tmp}/nope/model", "--tokens", "none", "--out", "{tmp}"],
+     "neither an existing folder"),
     (["generate", "--classes", "0-1000", "--tokens", "none", "--out", "{tmp}"], "out of range"),
     (["generate", "--per-class", "0", "--out", "{tmp}"], "per_class=0"),
     (["generate", "--tokens", "missing.zip", "--out", "{tmp}"], "does not exist"),
@@ -81,8 +82,9 @@ def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
     (["verify", "{tmp}"], "no manifest.json"),
     (["convert", "{tmp}/nowhere", "--out", "{tmp}/o"], "does not exist"),
     (["convert", "{tmp}", "--out", "{tmp}/o"], "no shifts found"),
-    (["eval", "--model", "torchvision:resnet5", "--root", "{tmp}"], "Did you mean 'resnet50'"),
-    (["eval", "--model", "torchvision:resnet18", "--weights", "none", "--root", "{tmp}/nowhere"], "does not exist"),
+    (["eval", "--classifier", "torchvision:resnet5", "--root", "{tmp}"], "Did you mean 'resnet50'"),
+    (["eval", "--classifier", "torchvision:resnet18", "--weights", "none", "--root", "{tmp}/nowhere"],
+     "does not exist"),
     (["score", "{tmp}/nowhere.csv"], "does not exist"),
     (["leaderboard", "{tmp}", "--out", "{tmp}/board"], "no dsi-bench results files"),
     (["convert", "{tmp}", "--shifts", "base", "--out", "{tmp}/o", "--masks", "{tmp}/m.npy"], "mask file"),
@@ -130,7 +132,7 @@ def test_tokens_command_converts_release_zip(tmp_path, capsys):
             zf.writestr(f"tokens/{i}.bin", buf.getvalue())
     bank = tmp_path / "bank.safetensors"
     assert main(["tokens", str(tmp_path / "tokens.zip"), "--out", str(bank), "--diffusers", str(tmp_path / "ti"),
-                 "--base-model", "stabilityai/stable-diffusion-2"]) == 0
+                 "--generator", "stabilityai/stable-diffusion-2"]) == 0
     from dsi_bench.tokens import TokenBank
 
     loaded = TokenBank.load(bank)
@@ -163,7 +165,7 @@ def test_build_verify_convert_commands(tiny_model, tiny_tokens, tmp_path, capsys
     from dsi_bench.testing import make_fake_release
 
     out = tmp_path / "shards"
-    assert main(["build", "--model", str(tiny_model), "--tokens", str(tiny_tokens), "--shifts", "base,in_the_snow",
+    assert main(["build", "--generator", str(tiny_model), "--tokens", str(tiny_tokens), "--shifts", "base,in_the_snow",
                  "--classes", "0-1", "--per-class", "2", "--samples-per-shard", "3", "--image-format", "png",
                  "--steps", "2", "--batch-size", "4", "--out-size", "0", "--out", str(out), "-q"]) == 0
     text = capsys.readouterr().out
@@ -200,7 +202,7 @@ def test_build_verify_convert_commands(tiny_model, tiny_tokens, tmp_path, capsys
 def test_loader_benchmark_runs(tmp_path):
     """The loader benchmark stays runnable (50 images, one pass; not a timing)."""
     bench = _load_benchmark("bench_loader")
-    result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--work", str(tmp_path),
+    result = bench.main(["--images", "50", "--num-workers", "0", "--repeats", "1", "--work", str(tmp_path),
                          "--out", str(tmp_path / "r.json")])
     names = [r["name"] for r in result["rows"]]
     assert names[0] == "bare loop" and "shards, stream" in names
@@ -222,8 +224,8 @@ def test_eval_score_leaderboard_commands(tmp_path, capsys):
     os.environ["DSI_BENCH_IMAGENET_CLASSES"] = str(table)
     try:
         board = tmp_path / "results"
-        assert main(["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
-                     str(tmp_path / "shards"), "--workers", "0", "--name", "oracle", "-q",
+        assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
+                     str(tmp_path / "shards"), "--num-workers", "0", "--name", "oracle", "-q",
                      "--results", str(board / "oracle.json"), "--predictions", str(tmp_path / "p.csv")]) == 0
         out = capsys.readouterr().out
         assert "in_the_snow  100   70.0" in out and "results:" in out
@@ -232,7 +234,7 @@ def test_eval_score_leaderboard_commands(tmp_path, capsys):
         assert "in_the_snow  100   70.0" in capsys.readouterr().out
         assert main(["leaderboard", str(board), "--out", str(tmp_path / "board")]) == 0
         assert "leaderboard.html" in capsys.readouterr().out
-        assert main(["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
+        assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root",
                      str(tmp_path / "shards"), "--shifts", "in the fog", "-q"]) == 2
         assert "'in_the_fog' is not in" in capsys.readouterr().err
     finally:
@@ -242,7 +244,7 @@ def test_eval_score_leaderboard_commands(tmp_path, capsys):
 def test_eval_benchmark_runs(tmp_path):
     """The harness-overhead benchmark stays runnable (50 images, one pass each; not a timing)."""
     bench = _load_benchmark("bench_eval")
-    result = bench.main(["--images", "50", "--workers", "0", "--repeats", "1", "--model", "mobilenet_v3_small",
+    result = bench.main(["--images", "50", "--num-workers", "0", "--repeats", "1", "--classifier", "mobilenet_v3_small",
                          "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
     assert [r["name"] for r in result["rows"]] == ["bare loop", "dsi_bench.evaluate"]
     assert result["rows"][0]["images"] == result["rows"][1]["images"] == 50

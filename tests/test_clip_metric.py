@@ -25,18 +25,18 @@ def test_scores_are_deterministic_and_use_tokens_when_they_fit(tiny_clip, tiny_t
 
     bank = load_tokens(tiny_tokens)
     args = (images, ["a photo of a <tench-0>"] * 3, [None, "a photo of a <tench-0> in the snow", "x"])
-    a = clip_scores(*args, model=str(tiny_clip), tokens=bank)
-    b = clip_scores(*args, model=str(tiny_clip), tokens=bank)
+    a = clip_scores(*args, clip=str(tiny_clip), tokens=bank)
+    b = clip_scores(*args, clip=str(tiny_clip), tokens=bank)
     assert a["text"] == "learned tokens"
     assert np.array_equal(a["object_score"], b["object_score"])
     assert np.isnan(a["shift_gain"][0]) and not np.isnan(a["shift_gain"][1])
     assert np.all(np.abs(a["object_score"]) <= 1)
-    names = clip_scores(images, ["a photo of a tench"] * 3, [None] * 3, model=str(tiny_clip))
+    names = clip_scores(images, ["a photo of a tench"] * 3, [None] * 3, clip=str(tiny_clip))
     assert names["text"] == "class names"
-    wide = bank.__class__(np.ones((2, 64), np.float32), bank.classes[:2])
+    wide = bank.__class__(np.ones((2, 64), np.float32), bank.class_infos[:2])
     with pytest.raises(TokenBankError, match="32-d text tower but the tokens are 64-d"):
-        clip_scores(images, ["a"] * 3, [None] * 3, model=str(tiny_clip), tokens=wide, use_tokens=True)
-    assert clip_scores(images, ["a"] * 3, [None] * 3, model=str(tiny_clip), tokens=wide)["text"] == "class names"
+        clip_scores(images, ["a"] * 3, [None] * 3, clip=str(tiny_clip), tokens=wide, use_tokens=True)
+    assert clip_scores(images, ["a"] * 3, [None] * 3, clip=str(tiny_clip), tokens=wide)["text"] == "class names"
 
 
 def test_keep_rule():
@@ -52,15 +52,15 @@ def test_clip_filter_masks_round_trip_into_datasets(tiny_clip, tiny_model, tiny_
 
     spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
     out = tmp_path / "shards"
-    build_shards(out, spec=spec, tokens=tiny_tokens, shifts=["base", "in the snow"], classes="0-2", per_class=4,
+    build_shards(out, pipeline=spec, tokens=tiny_tokens, shifts=["base", "in the snow"], classes="0-2", per_class=4,
                  samples_per_shard=6, image_format="png", progress=False)
     # a threshold in the middle of the scores, so that some samples are kept and some dropped
-    probe = clip_filter_shards(out, model=str(tiny_clip), tokens=tiny_tokens, object_threshold=-1, shift_margin=-1,
+    probe = clip_filter_shards(out, clip=str(tiny_clip), tokens=tiny_tokens, object_threshold=-1, shift_margin=-1,
                                progress=False)
     scores = np.load(probe["scores"])
     assert list(scores["keys"][:2]) == ["base/0000/00", "base/0000/01"] and scores["keep"].all()
     cut = float(np.median(scores["object_score"]))
-    result = clip_filter_shards(out, model=str(tiny_clip), tokens=tiny_tokens, object_threshold=cut,
+    result = clip_filter_shards(out, clip=str(tiny_clip), tokens=tiny_tokens, object_threshold=cut,
                                 shift_margin=-1, progress=False)
     kept, n = result["kept"]["in_the_snow"]
     assert n == 12 and 0 < kept < 12 and result["text"] == "learned tokens"

@@ -38,7 +38,7 @@ def shards(release, classes, tmp_path_factory):
 def run(model, root, classes, source="imagenet-star", **kw):
     m, t = oracle_classifier() if model == "oracle" else (model, kw.pop("transform", None))
     kw.setdefault("transform", t)
-    return evaluate(m, "all", source=source, root=root, classes="0-2", class_list=classes, progress=False,
+    return evaluate(m, {"source": source, "root": root, "classes": "0-2", "class_list": classes}, progress=False,
                     num_workers=0, **kw)
 
 
@@ -53,8 +53,21 @@ def test_oracle_numbers_are_exact(release, classes):
     assert snow["flip_rate"] == pytest.approx(0.2) and snow["mcnemar_p"] == pytest.approx(2 * 0.5**30)
     assert snow["per_class_top1"] == [pytest.approx(0.7)] * 3 and snow["per_class_n"] == [50, 50, 50]
     assert [w["drop"] for w in snow["worst_classes"]] == [pytest.approx(0.2)] * 3
-    assert r["summary"] == {"base_top1": 0.9, "mean_top1": 0.7, "worst_shift": "in_the_snow", "worst_top1": 0.7,
-                            "shifts": ["base", "in_the_snow"]}
+    summary = dict(r["summary"])
+    metrics = summary.pop("metrics")
+    assert summary == {"base_top1": 0.9, "mean_top1": 0.7, "worst_shift": "in_the_snow", "worst_top1": 0.7,
+                       "shifts": ["base", "in_the_snow"]}
+    assert metrics["top1"] == {"mean": 0.7, "worst_shift": "in_the_snow", "worst": 0.7}
+    assert metrics["flip_rate"]["mean"] == pytest.approx(0.2) and metrics["top5"]["mean"] == 1.0
+    assert set(metrics) == {"top1", "top5", "drop_vs_base", "flip_rate"}  # the rankable ones
+    # every setting that can move a number is recorded
+    cfg = r.run
+    assert (cfg["batch_size"], cfg["num_workers"], cfg["device"], cfg["amp"], cfg["amp_dtype"]) == (64, 0, "cpu",
+                                                                                                   False, None)
+    assert cfg["decode"] == "full" and cfg["draft_size"] is None  # the oracle's ToTensor does not shrink
+    assert cfg["dataset"]["source"] == "imagenet-star" and cfg["dataset"]["classes"] == "0-2"
+    assert cfg["dataset"]["class_list"] == {"class_list": "imagenet", "classes": 1000}
+    assert r["schema_version"] == 2
     assert r["data"]["source"] == "imagenet-star" and r["data"]["fingerprint"]
     assert r["model"]["name"] == "Oracle" and r["hardware"]["device"] == "cpu"
 
@@ -153,8 +166,8 @@ def test_hf_classifier_from_a_local_folder(release, classes, tmp_path):
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
     m = load_model(f"hf:{folder}")
     assert m.num_outputs == 1000
-    r = evaluate(m, "base", source="imagenet-star", root=release, classes="0-2", class_list=classes,
-                 progress=False, num_workers=0)
+    r = evaluate(m, {"source": "imagenet-star", "root": release, "classes": "0-2", "class_list": classes},
+                 shifts="base", progress=False, num_workers=0)
     assert r.shifts["base"]["n"] == 150
     with pytest.raises(OfflineError, match="hf:DIR"):
         load_model("hf:nobody/no-such-model")
@@ -163,7 +176,7 @@ def test_hf_classifier_from_a_local_folder(release, classes, tmp_path):
 def test_predictions_score_back_to_the_same_results(release, shards, classes, tmp_path):
     pred = tmp_path / "pred.csv"
     r = run("oracle", shards, classes, source="shards", predictions=pred)
-    scored = score_predictions(pred, source="shards", root=shards, classes="0-2", class_list=classes)
+    scored = score_predictions(pred, {"source": "shards", "root": shards, "classes": "0-2", "class_list": classes})
     assert scored.shifts == r.shifts and scored["data"]["fingerprint"] == r["data"]["fingerprint"]
     # Release-style keys name the same samples.
     lines = pred.read_text().splitlines()
@@ -174,28 +187,25 @@ def test_predictions_score_back_to_the_same_results(release, shards, classes, tm
         shift, c, i = key.split("/")
         rows.append(f"{shift}/{WNIDS[int(c)]}/{i}.jpg,{top1}")
     rel.write_text("\n".join(rows) + "\n")
-    again = score_predictions(rel, source="imagenet-star", root=release, classes="0-2", class_list=classes)
+    star = {"source": "imagenet-star", "root": release, "classes": "0-2", "class_list": classes}
+    again = score_predictions(rel, star)
     assert again.shifts["in_the_snow"]["top1"] == 0.7 and again.shifts["in_the_snow"]["flip_rate"] == pytest.approx(.2)
     # Unknown, duplicate and missing keys are reported, never dropped.
     (tmp_path / "dup.csv").write_text("\n".join(rows + [rows[5]]) + "\n")
     with pytest.raises(PredictionsError, match="1 keys appear more than once"):
-        score_predictions(tmp_path / "dup.csv", source="imagenet-star", root=release, classes="0-2",
-                          class_list=classes)
+        score_predictions(tmp_path / "dup.csv", star)
     (tmp_path / "unknown.csv").write_text("\n".join(rows + ["base/0007/00,1"]) + "\n")
     with pytest.raises(PredictionsError, match="1 keys are not samples of imagenet-star.*'base/0007/00'"):
-        score_predictions(tmp_path / "unknown.csv", source="imagenet-star", root=release, classes="0-2",
-                          class_list=classes)
+        score_predictions(tmp_path / "unknown.csv", star)
     (tmp_path / "missing.csv").write_text("\n".join(rows[:-2]) + "\n")
     with pytest.raises(PredictionsError, match="2 samples have no prediction"):
-        score_predictions(tmp_path / "missing.csv", source="imagenet-star", root=release, classes="0-2",
-                          class_list=classes)
-    partial = score_predictions(tmp_path / "missing.csv", source="imagenet-star", root=release, classes="0-2",
-                                class_list=classes, allow_missing=True)
+        score_predictions(tmp_path / "missing.csv", star)
+    partial = score_predictions(tmp_path / "missing.csv", star, allow_missing=True)
     assert partial["data"]["missing_predictions"] == {"in_the_snow": 2}
     assert partial.shifts["in_the_snow"]["n"] == 150
     (tmp_path / "nokey.csv").write_text("id,pred\n1,2\n")
     with pytest.raises(PredictionsError, match="columns key and prediction"):
-        score_predictions(tmp_path / "nokey.csv", class_list=classes)
+        score_predictions(tmp_path / "nokey.csv", {"class_list": classes})
 
 
 def _valid_png(path):
@@ -243,18 +253,56 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
     (folder / "tiny1.json").write_text(json.dumps(other))
     paths = make_leaderboard(folder, tmp_path / "board2", plots=False)
     assert paths["groups"] == 2 and "different data (not comparable" in paths["md"].read_text()
+    # A schema-1 file (before run settings and per-metric summaries) is upgraded on load and ranks as before.
+    old = json.loads((folder / "tiny0.json").read_text())
+    old["schema_version"] = 1
+    del old["run"], old["summary"]["metrics"]
+    (folder / "tiny0.json").write_text(json.dumps(old))
+    upgraded = Results.load(folder / "tiny0.json")
+    assert upgraded.run is None and upgraded["summary"]["metrics"]["top1"]["mean"] == old["summary"]["mean_top1"]
+    assert make_leaderboard(folder, tmp_path / "board3", plots=False)["groups"] == 2
     other["schema_version"] = 0
     (folder / "tiny1.json").write_text(json.dumps(other))
-    with pytest.raises(SpecError, match="different schema versions"):
-        make_leaderboard(folder, tmp_path / "board3")
+    with pytest.raises(SpecError, match="schema version 0; this dsi-bench reads versions 1, 2"):
+        make_leaderboard(folder, tmp_path / "board4")
+    other["schema_version"] = 3
+    (folder / "tiny1.json").write_text(json.dumps(other))
+    with pytest.raises(SpecError, match="schema version 3; .*upgrade dsi-bench"):
+        make_leaderboard(folder, tmp_path / "board4")
+
+
+def test_leaderboard_ranks_by_any_metric(release, classes, tmp_path):
+    """--sort flip_rate ranks the lowest flip rate first; the tables show that metric per shift."""
+    from dsi_bench.cli import main
+    from dsi_bench.leaderboard import make_leaderboard
+
+    folder = tmp_path / "results"
+    run("oracle", release, classes, name="oracle").save(folder / "oracle.json")
+    for seed in (0, 1):
+        m, t = tiny_classifier(seed=seed)
+        run(m, release, classes, transform=t, name=f"tiny-{seed}").save(folder / f"tiny{seed}.json")
+    loaded = {n: Results.load(folder / f"{n}.json") for n in ("oracle", "tiny0", "tiny1")}
+    flips = {n: r.shifts["in_the_snow"]["flip_rate"] for n, r in loaded.items()}
+    paths = make_leaderboard(folder, tmp_path / "board", plots=True, sort="flip_rate")
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0].startswith("group,rank,model,mean_flip_rate,base_flip_rate,worst_shift,worst_flip_rate")
+    ranked = [row.split(",")[2] for row in rows[1:]]
+    by_name = {"oracle": "oracle", "tiny0": "tiny-0", "tiny1": "tiny-1"}
+    assert ranked == [by_name[n] for n in sorted(flips, key=lambda n: (flips[n], by_name[n]))]
+    md = paths["md"].read_text()
+    assert "lower is better" in md and f"| oracle | {100 * flips['oracle']:.1f} | – |" in md
+    assert len(paths["plots"]) == 5
+    with pytest.raises(SpecError, match="unknown metric to sort by 'mcnemar_p'"):
+        make_leaderboard(folder, tmp_path / "b2", sort="mcnemar_p")
+    assert main(["leaderboard", str(folder), "--out", str(tmp_path / "b3"), "--sort", "top5", "--no-plots"]) == 0
 
 
 def test_torchrun_evaluation_equals_one_process(shards, classes, tmp_path):
     table = tmp_path / "classes.json"
     table.write_text(json.dumps([{"index": c.index, "wnid": c.wnid, "common_name": c.name} for c in classes]))
     env = {**os.environ, "DSI_BENCH_IMAGENET_CLASSES": str(table), "OMP_NUM_THREADS": "1"}
-    args = ["eval", "--model", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root", str(shards),
-            "--classes", "0-2", "--workers", "0", "--batch-size", "16", "-q"]
+    args = ["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--source", "shards", "--root", str(shards),
+            "--classes", "0-2", "--num-workers", "0", "--batch-size", "16", "-q"]
     one = subprocess.run([sys.executable, "-m", "dsi_bench.cli", *args, "--results", str(tmp_path / "one.json")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -285,14 +333,15 @@ def test_empty_selection_is_an_error(release, classes, tmp_path):
     masks = tmp_path / "none.npz"
     np.savez(masks, base=np.zeros(50_000, bool))
     with pytest.raises(DsiBenchError, match="no samples to evaluate"):
-        evaluate(oracle_classifier()[0], "base", source="imagenet-star", root=release, classes="0-2",
-                 class_list=classes, masks=masks, transform=oracle_classifier()[1], progress=False, num_workers=0)
+        evaluate(oracle_classifier()[0], {"source": "imagenet-star", "root": release, "classes": "0-2",
+                                          "class_list": classes, "masks": masks},
+                 shifts="base", transform=oracle_classifier()[1], progress=False, num_workers=0)
 
 
 def test_score_without_a_source_takes_labels_from_keys(tmp_path, classes):
     path = tmp_path / "p.csv"
     path.write_text("key,prediction\nbase/0000/00,0\nbase/0001/00,0\nbase/n01484850/00.jpg,2\n")
-    r = score_predictions(path, class_list=classes)
+    r = score_predictions(path, {"class_list": classes})
     assert r.shifts["base"]["n"] == 3 and r.shifts["base"]["correct"] == 2
     assert r["data"]["fingerprint"] is None
 
@@ -304,10 +353,10 @@ def test_synthesized_source(tiny_model, tiny_tokens, capsys):
     from dsi_bench.pipeline import PipelineSpec
 
     spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
-    r = evaluate(module, "base,in the snow", source="synth", classes="0-1", per_class=2, transform=transform,
-                 pipeline=spec, tokens=tiny_tokens, cache_dir=False, progress=False)
+    r = evaluate(module, {"source": "synth", "classes": "0-1", "per_class": 2, "pipeline": spec, "tokens": tiny_tokens,
+                          "cache_dir": False}, shifts="base,in the snow", transform=transform, progress=False)
     assert r.shifts["in_the_snow"]["pairs"] == 4 and r.shifts["base"]["n"] == 4
-    assert main(["eval", "--model", "dsi_bench.testing:tiny_classifier", "--source", "synth", "--shifts", "base",
+    assert main(["eval", "--classifier", "dsi_bench.testing:tiny_classifier", "--source", "synth", "--shifts", "base",
                  "--classes", "0-1", "--per-class", "2", "--generator", str(tiny_model), "--tokens", str(tiny_tokens),
                  "--steps", "2", "-q"]) == 0
     assert "base" in capsys.readouterr().out

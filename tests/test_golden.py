@@ -73,12 +73,12 @@ def _make(tmp: Path, model: Path, tokens: Path) -> dict:
     from dsi_bench.pipeline import PipelineSpec
 
     spec = PipelineSpec(model=str(model), steps=2, out_size=None, batch_size=4)
-    build_shards(tmp / "shards", spec=spec, tokens=tokens, shifts=SHIFTS, classes=CLASSES, per_class=PER_CLASS,
+    build_shards(tmp / "shards", pipeline=spec, tokens=tokens, shifts=SHIFTS, classes=CLASSES, per_class=PER_CLASS,
                  image_format="png", samples_per_shard=3, cpu_threads=1, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        generate_folder(tmp / "folder", spec=spec, tokens=tokens, shifts=SHIFTS, classes=CLASSES,
+        generate_folder(tmp / "folder", pipeline=spec, tokens=tokens, shifts=SHIFTS, classes=CLASSES,
                         per_class=PER_CLASS, image_format="jpg", cache_dir=False, progress=False)
     finally:
         torch.set_num_threads(threads)

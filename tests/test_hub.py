@@ -22,7 +22,7 @@ def shards(tmp_path_factory, tiny_model, tiny_tokens):
 
     out = tmp_path_factory.mktemp("hub") / "shards"
     spec = PipelineSpec(model=str(tiny_model), steps=2, out_size=None, batch_size=4)
-    build_shards(out, spec=spec, tokens=tiny_tokens, shifts=["base", "in the snow"], classes="0-1,207",
+    build_shards(out, pipeline=spec, tokens=tiny_tokens, shifts=["base", "in the snow"], classes="0-1,207",
                  per_class=3, samples_per_shard=4, image_format="png", progress=False)
     return out
 
@@ -30,7 +30,7 @@ def shards(tmp_path_factory, tiny_model, tiny_tokens):
 @pytest.fixture(scope="module", params=["webdataset", "parquet"])
 def export(request, shards, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"export-{request.param}")
-    result = export_dataset(shards, out, fmt=request.param, repo="my-lab/tiny-shifts")
+    result = export_dataset(shards, out, dataset_format=request.param, repo="my-lab/tiny-shifts")
     return request.param, out, result
 
 
@@ -88,8 +88,8 @@ def test_evaluating_from_the_hub_matches_the_shards(export, shards):
 
     _, out, _ = export
     module, transform = tiny_classifier()
-    a = evaluate(module, "all", source="shards", root=shards, transform=transform, progress=False, num_workers=0)
-    b = evaluate(module, "all", source="hub", root=out, transform=transform, progress=False, num_workers=0)
+    a = evaluate(module, {"source": "shards", "root": shards}, transform=transform, progress=False, num_workers=0)
+    b = evaluate(module, {"source": "hub", "root": out}, transform=transform, progress=False, num_workers=0)
     strip = lambda r: {s: {k: v for k, v in m.items() if k != "fingerprint"} for s, m in r.shifts.items()}  # noqa
     assert strip(a) == strip(b) and a["data"]["fingerprint"] == b["data"]["fingerprint"]
 
@@ -154,7 +154,7 @@ def test_bad_input(shards, tmp_path):
     with pytest.raises(ShardError, match="refusing to publish: shard in_the_snow/in_the_snow-000001.tar"):
         export_dataset(copy, tmp_path / "out2")
     with pytest.raises(SpecError, match="format 'zip'"):
-        export_dataset(shards, tmp_path / "out3", fmt="zip")
+        export_dataset(shards, tmp_path / "out3", dataset_format="zip")
 
     from dsi_bench.build import ShardJob, ShardTask, run_job
 

@@ -66,6 +66,35 @@ def test_build_results_by_hand():
     assert [w["class"] for w in s["worst_classes"]] == [0, 1]
     assert s["worst_classes"][0] == {"class": 0, "name": "c0", "pairs": 2, "base_top1": 1.0, "top1": 0.5, "drop": 0.5}
     assert r["summary"]["mean_top1"] == 0.6 and r["summary"]["worst_shift"] == "in_the_snow"
-    assert r["schema"] == "dsi-bench/results" and r["schema_version"] == 1
+    assert r["schema"] == "dsi-bench/results" and r["schema_version"] == 2 and r.run is None
     assert twin_key("in_the_snow/0207/03") == "base/0207/03"
     assert "in_the_snow" in r.table() and "60.0" in r.table()
+
+
+def test_a_registered_metric_drives_results_tables_and_ranking(monkeypatch, tmp_path):
+    """One entry in the metric table: computed per shift, shown in the text table, rankable in leaderboards."""
+    from dsi_bench import metrics
+    from dsi_bench.leaderboard import make_leaderboard
+
+    monkeypatch.setattr(metrics, "METRICS", dict(metrics.METRICS))
+    monkeypatch.setattr("dsi_bench.results.METRICS", metrics.METRICS)
+    monkeypatch.setattr("dsi_bench.leaderboard.METRICS", metrics.METRICS)
+
+    def error_rate(ctx):
+        return {"error_rate": 1 - float(ctx.p.correct.mean())}
+
+    metrics.register_metric(metrics.Metric("error_rate", "err", "pct", False, False, False, error_rate, "top-1 error"))
+    with pytest.raises(ValueError, match="already registered"):
+        metrics.register_metric(metrics.METRICS["top1"])
+    assert "error_rate" in metrics.rankable_metrics()
+    p = ShiftPredictions(["base/0000/00", "base/0000/01"], np.array([0, 0]), np.array([[0] * 5, [1] * 5]))
+    for name, top in (("a", [[0] * 5, [0] * 5]), ("b", [[1] * 5, [1] * 5])):
+        q = ShiftPredictions(["in_the_snow/0000/00", "in_the_snow/0000/01"], np.array([0, 0]), np.array(top))
+        r = build_results({"base": p, "in_the_snow": q}, class_names=["c0", "c1"], model={"name": name},
+                          data={"source": "test", "fingerprint": "x"})
+        assert r.shifts["in_the_snow"]["error_rate"] == (0.0 if name == "a" else 1.0)
+        assert r["summary"]["metrics"]["error_rate"]["mean"] == (0.0 if name == "a" else 1.0)
+        assert "err" in r.table().splitlines()[0]
+        r.save(tmp_path / "results" / f"{name}.json")
+    board = make_leaderboard(tmp_path / "results", tmp_path / "board", plots=False, sort="error_rate")
+    assert [row.split(",")[2] for row in board["csv"].read_text().splitlines()[1:]] == ["a", "b"]

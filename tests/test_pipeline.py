@@ -65,19 +65,31 @@ def test_fingerprint_tracks_content(tiny_model, tmp_path):
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model))
 
 
-def test_pipeline_loaded_once_per_process_and_weights_shared(tiny_spec, tiny_tokens):
+def test_pipeline_loaded_once_per_process_and_weights_shared(tiny_spec, tiny_tokens, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
     pl.clear_pipeline_cache()
-    before = dict(pl.LOAD_COUNTS)
+    loads = []
+    original = StableDiffusionPipeline.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(counting))
     bank = TokenBank.load(tiny_tokens)
     a = load_pipeline(tiny_spec, bank)
     b = load_pipeline(tiny_spec.replace(steps=7, sampler="dpm++2m"), TokenBank.load(tiny_tokens))
     assert a is b  # sampler and steps are per-call settings
-    assert pl.LOAD_COUNTS["base"] == before["base"] + 1
-    other = TokenBank(bank.embeddings[:2] * 2, bank.classes[:2])
+    assert len(loads) == 1
+    other = TokenBank(bank.embeddings[:2] * 2, bank.class_infos[:2])
     c = load_pipeline(tiny_spec, other)
     assert c is not a and c.pipe.unet is a.pipe.unet  # another bank: own text encoder, shared UNet
     assert c.pipe.text_encoder is not a.pipe.text_encoder
-    assert pl.LOAD_COUNTS["base"] == before["base"] + 1
+    assert len(loads) == 1
+    pl.clear_pipeline_cache()
+    load_pipeline(tiny_spec, bank)
+    assert len(loads) == 2  # cleared: loaded again
 
 
 def test_scheduler_presets_keep_v_prediction(tiny_spec):

@@ -115,7 +115,7 @@ def test_convert_keeps_bytes_and_flags(release, classes, masks_file, tmp_path):
     with zipfile.ZipFile(release / "base.zip") as z:
         original = z.read("base/n01484850/49.jpg")
     entry = everything.entries[-1]
-    assert everything._store.read_member(entry.shard, entry.image_offset, entry.image_size) == original
+    assert everything.backend.store.read_member(entry.shard, entry.image_offset, entry.image_size) == original
     again = convert_release(release, out, masks=masks_file, class_list=classes, classes="0-2",
                             samples_per_shard=64, progress=False)
     assert again.shards_built == 0 and again.shards_skipped == 6

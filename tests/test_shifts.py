@@ -86,6 +86,8 @@ def test_list_shifts_filters():
 
 def test_shift_is_frozen_data():
     s = get_shift("base")
-    with pytest.raises(Exception):
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
         s.template = "x <TOKEN>"
     assert isinstance(s, Shift)

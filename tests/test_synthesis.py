@@ -4,10 +4,10 @@ import random
 
 import torch
 
+from dsi_bench.classes import imagenet_classes
 from dsi_bench.datasets import ShiftedImageNet
 from dsi_bench.shifts import get_shift
 from dsi_bench.synthesis import SampleRequest, Synthesizer, sample_seed
-from dsi_bench.classes import imagenet_classes
 from dsi_bench.tokens import TokenBank
 
 

@@ -26,10 +26,10 @@ def test_save_load_round_trip(tmp_path):
     path = bank.save(tmp_path / "bank.safetensors")
     back = TokenBank.load(path)
     assert len(back) == 3 and back.dim == 16 and back.base_model == "m"
-    assert back.tokens == ["<tench-0>", "<goldfish-1>", "<great white shark-2>"]
+    assert back.tokens == ("<tench-0>", "<goldfish-1>", "<great white shark-2>")
     assert torch.equal(back.embeddings, bank.embeddings)
     assert back.fingerprint == bank.fingerprint
-    assert [c.name for c in back.classes] == ["tench", "goldfish", "great white shark"]
+    assert [c.name for c in back.class_infos] == ["tench", "goldfish", "great white shark"]
     # the file is one safetensors file keyed by token string
     from safetensors import safe_open
 
@@ -151,3 +151,19 @@ def test_release_style_token_names_stay_single_ids_with_uppercase_and_spaces(tin
     bank = TokenBank.from_embeddings(torch.randn(2, 32), [ClassInfo(207, "Golden Retriever"), ClassInfo(0, "tench")])
     bank.inject(pipe)  # raises if any token splits into several ids
     assert len(pipe.tokenizer("<Golden Retriever-207>", add_special_tokens=False).input_ids) == 1
+
+
+def test_bank_is_immutable_and_its_fingerprint_is_fixed_at_creation():
+    """The fingerprint keys the pipeline and sample caches: a bank that could change would make them stale."""
+    bank = TokenBank.from_embeddings(torch.randn(3, 16), list(imagenet_classes())[:3], base_model="m")
+    fp = bank.fingerprint
+    with pytest.raises(AttributeError, match="immutable"):
+        bank.base_model = "other"
+    with pytest.raises(AttributeError, match="immutable"):
+        bank.tokens = ("a", "b", "c")
+    assert not bank.embeddings.requires_grad and isinstance(bank.tokens, tuple)
+    other = bank.replace(base_model="other")
+    assert other.base_model == "other" and bank.base_model == "m"
+    assert other.fingerprint == fp  # same tokens and embeddings
+    with pytest.warns(DeprecationWarning, match="class_infos"):
+        assert bank.classes == bank.class_infos

@@ -1,0 +1,172 @@
+"""``dsi-bench eval``, ``score`` and ``leaderboard``: the benchmark harness."""
+
+from __future__ import annotations
+
+from .common import Command, add_device, add_quiet, add_shifts, deprecated_flag, masks_value, shifts_from, tokens_value
+
+
+def add_data(p, *, sources=None, required_source: bool = True) -> None:
+    """The data evaluated: a source and its root, the selection, masks, the label space."""
+    from ..sources import list_sources
+
+    g = p.add_argument_group("data")
+    choices = sources or list_sources()
+    g.add_argument("--source", choices=choices, default="shards" if required_source else None,
+                   help="where the samples come from (default: %(default)s)")
+    g.add_argument("--root", default=None, help="shard folder/URL, release folder or zip, or Hub dataset id")
+    g.add_argument("--classes", default=None, help="only these classes (e.g. 0-99)")
+    g.add_argument("--per-class", type=int, default=None, help="at most this many samples per class")
+    g.add_argument("--masks", default=None,
+                   help="masks.npy/.npz path, or 'release' (imagenet-star: fetch; shards/hub: recorded flags)")
+    g.add_argument("--class-list", default=None,
+                   help="label space other than ImageNet-1k: .txt (one name per line) or .json class list")
+
+
+def data_from(args) -> dict:
+    """``data=`` for ``evaluate``/``score_predictions`` from :func:`add_data`'s options."""
+    data = {"source": args.source, "root": args.root, "classes": args.classes, "per_class": args.per_class,
+            "masks": masks_value(args.masks)}
+    if args.class_list:
+        from ..classes import ClassList
+
+        data["class_list"] = ClassList.from_file(args.class_list)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def report_results(results, path) -> int:
+    from ..dist import World
+
+    if World.from_env().main:
+        print(f"{results['model']['name']} on {results['data']['source']} {results['data']['root'] or ''}")
+        print(results.table())
+        if path:
+            print(f"results: {results.save(path)}")
+    return 0
+
+
+class Eval(Command):
+    name = "eval"
+    help = "evaluate a classifier on every shift of a source"
+    description = ("Per shift: n, top-1 with a 95%% Wilson interval, top-5, drop vs base, paired flips vs base "
+                   "and McNemar's test, per-class accuracy and the worst classes.")
+    examples = """
+        dsi-bench eval --classifier torchvision:resnet50 --weights IMAGENET1K_V1 --source shards --root shards/ \\
+            --shifts all --results resnet50.json --device cuda --amp
+        dsi-bench eval --classifier timm:convnext_tiny --source imagenet-star --root star/ --masks masks.npy
+        dsi-bench eval --classifier my_models.py:build --class-map outputs.json --source shards --root shards/
+        torchrun --nproc-per-node 4 -m dsi_bench.cli eval --classifier torchvision:resnet50 --root shards/ ...
+    """
+
+    def add_arguments(self, p):
+        from ..models import model_spec_help
+
+        p.add_argument("--classifier", required=True, help=f"the model under test: {model_spec_help()}")
+        deprecated_flag(p, "--model", "--classifier", "classifier")
+        p.add_argument("--weights", default=None, help="DEFAULT, an enum/tag name, none, or a checkpoint path")
+        p.add_argument("--name", default=None, help="display name (default: spec and weights)")
+        add_shifts(p, "default: all the source holds")
+        add_data(p)
+        p.add_argument("--class-map", default=None,
+                       help="JSON list: the label index, WordNet id or name of each output")
+        p.add_argument("--restrict", action="store_true", help="predict only among the evaluated classes")
+        p.add_argument("--batch-size", type=int, default=64, help="classifier batch size (default: 64)")
+        p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
+        deprecated_flag(p, "--workers", "--num-workers", "num_workers")
+        add_device(p, "the classifier")
+        p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
+        p.add_argument("--results", default=None, help="write the results JSON here")
+        p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
+        add_quiet(p)
+        from ..pipeline import DEFAULT_MODEL
+
+        g = p.add_argument_group("generation (--source synth)")
+        g.add_argument("--generator", default=DEFAULT_MODEL, help="diffusers folder or Hub id (default: %(default)s)")
+        g.add_argument("--tokens", default="imagenet-star", help="class tokens (default: %(default)s)")
+        g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's)")
+        g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+        g.add_argument("--gen-device", default=None, help="device for generation (default: cpu)")
+
+    def run(self, args) -> int:
+        from ..evaluate import evaluate
+
+        data = data_from(args)
+        if args.source == "synth":
+            data.update({"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
+                         "seed": args.seed, "device": args.gen_device or "cpu"})
+        results = evaluate(
+            args.classifier,
+            data,
+            shifts=shifts_from(args, default="all"),
+            weights=args.weights,
+            name=args.name,
+            class_map=args.class_map,
+            restrict=args.restrict,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            amp=args.amp,
+            predictions=args.predictions,
+            progress=not args.quiet,
+        )
+        return report_results(results, args.results)
+
+
+class Score(Command):
+    name = "score"
+    help = "score a predictions CSV (key,prediction[,label][,top5]) against a source"
+    examples = """
+        dsi-bench score submission.csv --source imagenet-star --root star/ --masks masks.npy --results sub.json
+    """
+
+    def add_arguments(self, p):
+        p.add_argument("predictions", help="CSV with columns key,prediction (optionally label, top5)")
+        add_shifts(p, "default: every shift in the file")
+        add_data(p, required_source=False)
+        p.add_argument("--allow-missing", action="store_true", help="count samples without a prediction as wrong")
+        p.add_argument("--name", default=None, help="display name (default: the file name)")
+        p.add_argument("--results", default=None, help="write the results JSON here")
+
+    def run(self, args) -> int:
+        from ..score import score_predictions
+
+        shifts = shifts_from(args)
+        results = score_predictions(
+            args.predictions,
+            data_from(args),
+            shifts=None if shifts == "all" else shifts,
+            allow_missing=args.allow_missing,
+            name=args.name,
+        )
+        return report_results(results, args.results)
+
+
+class Leaderboard(Command):
+    name = "leaderboard"
+    help = "tables (md, csv, sortable html) and plots from a folder of results files"
+    examples = """
+        dsi-bench leaderboard results/ --out board/
+        dsi-bench leaderboard results/ --out board-flips/ --sort flip_rate
+    """
+
+    def add_arguments(self, p):
+        from ..metrics import rankable_metrics
+
+        p.add_argument("results_dir", help="folder of results JSON files (searched recursively)")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--sort", default="top1", choices=rankable_metrics(),
+                       help="rank by this metric's mean over the shifts other than base (default: top1)")
+        p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    def run(self, args) -> int:
+        from ..leaderboard import make_leaderboard
+
+        paths = make_leaderboard(args.results_dir, args.out, plots=not args.no_plots, sort=args.sort)
+        print(f"wrote {paths['md']}, {paths['csv']}, {paths['html']}" + (f" and {len(paths['plots'])} plots"
+                                                                         if paths["plots"] else ""))
+        if paths["groups"] > 1:
+            print(f"warning: the results cover {paths['groups']} different data fingerprints; they are listed in "
+                  "separate tables and not ranked together")
+        return 0
+
+
+COMMANDS = [Eval(), Score(), Leaderboard()]

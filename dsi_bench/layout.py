@@ -1,0 +1,58 @@
+"""Names on disk that writers and readers share: sample keys, the shard folder layout, the manifest.
+
+Sample keys are ``{shift}/{class:04d}/{index:02d}`` in every source; a shifted sample's unshifted
+*twin* is the same key under ``base``. A shard folder is::
+
+    DIR/manifest.json                         plan + one record per shard (sha256, bytes, samples)
+    DIR/{shift_id}/{shift_id}-{k:06d}.tar     WebDataset shards
+
+and each sample in a shard is ``{key}.{jpg|png}``, ``{key}.cls`` and ``{key}.json``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DATASET_FORMATS",
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "key_index",
+    "sample_key",
+    "shard_path",
+    "split_member",
+    "twin_key",
+]
+
+#: Layouts a shard folder can be exported to as a Hugging Face dataset (:mod:`dsi_bench.hub`).
+DATASET_FORMATS = ("webdataset", "parquet")
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "dsi-bench/shards"
+MANIFEST_VERSION = 1
+
+
+def sample_key(shift_id: str, class_index: int, index: int) -> str:
+    """The stable key of a sample: ``{shift_id}/{class_index:04d}/{index:02d}``."""
+    return f"{shift_id}/{class_index:04d}/{index:02d}"
+
+
+def key_index(key: str) -> int:
+    """The per-class index of a sample key: ``"base/0207/03"`` -> ``3``."""
+    return int(key.rsplit("/", 1)[1])
+
+
+def twin_key(key: str) -> str:
+    """The unshifted twin of a sample: ``in_the_snow/0207/03`` -> ``base/0207/03``."""
+    return "base/" + key.split("/", 1)[1]
+
+
+def shard_path(shift_id: str, k: int) -> str:
+    """Relative path of shard ``k`` of a shift: ``{shift}/{shift}-{k:06d}.tar``."""
+    return f"{shift_id}/{shift_id}-{k:06d}.tar"
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """``"base/0001/07.json"`` -> ``("base/0001/07", "json")`` (WebDataset's rule: first dot of the basename)."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()

@@ -1,0 +1,68 @@
+"""Argument checks shared by the whole package: one wording for every message, one rule for bools.
+
+``True`` is an ``int`` in Python; none of these checks accept it as a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import SpecError, close_matches
+
+__all__ = ["check_choice", "check_int_range", "check_non_negative_int", "check_positive_int"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive_int(value, name: str, *, example: int | None = None, optional: bool = False,
+                       error: type[Exception] = SpecError):
+    """``value`` if it is an int > 0 (or ``None`` when ``optional``).
+
+    Raises:
+        SpecError (or ``error``): ``"{name}={value!r} must be a positive integer"``, with an example.
+    """
+    if optional and value is None:
+        return None
+    if not _is_int(value) or value <= 0:
+        tail = " (or None for the default)" if optional else (f", e.g. {example}" if example is not None else "")
+        raise error(f"{name}={value!r} must be a positive integer{tail}")
+    return value
+
+
+def check_non_negative_int(value, name: str, *, error: type[Exception] = SpecError) -> int:
+    """``value`` if it is an int >= 0.
+
+    Raises:
+        SpecError (or ``error``): naming the value.
+    """
+    if not _is_int(value) or value < 0:
+        raise error(f"{name}={value!r} must be a non-negative integer")
+    return value
+
+
+def check_int_range(value, name: str, low: int, high: int, *, example: int | None = None,
+                    error: type[Exception] = SpecError) -> int:
+    """``value`` if it is an int within ``low..high``.
+
+    Raises:
+        SpecError (or ``error``): naming the value and the range.
+    """
+    if not _is_int(value) or not low <= value <= high:
+        tail = f", e.g. {example}" if example is not None else ""
+        raise error(f"{name}={value!r} must be within {low}..{high}{tail}")
+    return value
+
+
+def check_choice(value, name: str, choices: Iterable[str], *, error: type[Exception] = SpecError) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+        SpecError (or ``error``): naming the value, the choices and close matches.
+    """
+    choices = list(choices)
+    if value not in choices:
+        raise error(f"unknown {name} {value!r}; use one of: {', '.join(choices)}."
+                    + close_matches(str(value), choices))
+    return value
