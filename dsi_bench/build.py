@@ -397,8 +397,8 @@ def _run_processes(job, out: Path, devices: list[str], progress: bool, summary: 
 def _run_ray(job, out: Path, tasks, address, gpus_per_task, progress, summary: BuildSummary) -> None:
     try:
         import ray
-    except ImportError:
-        raise OptionalDependencyError("engine 'ray' needs Ray: pip install 'dsi-bench[ray]'") from None
+    except ImportError as cause:
+        raise OptionalDependencyError("engine 'ray' needs Ray: pip install 'dsi-bench[ray]'") from cause
     from tqdm.auto import tqdm
 
     todo = _pending(job, out, tasks, summary)

@@ -14,8 +14,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import atomic_write, default_cache_dir, ensure_writable_dir
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["SampleCache", "default_cache_dir"]
 
@@ -52,7 +56,7 @@ class SampleCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.png"
 
-    def get(self, key: str):
+    def get(self, key: str) -> tuple[Image.Image, dict] | None:
         """``(PIL image, metadata)`` for a key, or ``None`` when absent or damaged."""
         from PIL import Image
 

@@ -113,7 +113,7 @@ class ClassList(Sequence[ClassInfo]):
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ClassSpecError(f"class list {str(path)!r} is not valid JSON ({e})") from None
+                raise ClassSpecError(f"class list {str(path)!r} is not valid JSON ({e})") from e
             return _from_rows(rows, str(path), name=path.stem)
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if lines and all("\t" in line for line in lines):

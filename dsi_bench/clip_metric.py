@@ -21,12 +21,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .compat import reject_unknown, renamed
 from .errors import ModelLoadError, OfflineError, TokenBankError
 from .memo import Memo
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEFAULT_CLIP", "ClipScorer", "clip_filter_shards", "clip_scores", "keep_mask"]
 
@@ -60,9 +64,9 @@ class ClipScorer:
             self.processor = CLIPProcessor.from_pretrained(self.model_name)
         except OSError as e:
             if os.path.exists(os.path.expanduser(self.model_name)):
-                raise ModelLoadError(f"{self.model_name!r} is not a CLIP model folder ({str(e)[:200]})") from None
+                raise ModelLoadError(f"{self.model_name!r} is not a CLIP model folder ({str(e)[:200]})") from e
             raise OfflineError(f"could not load CLIP {self.model_name!r} ({type(e).__name__}); offline, download it "
-                               "(hf download ORG/NAME --local-dir DIR) and pass model=DIR (--clip DIR)") from None
+                               "(hf download ORG/NAME --local-dir DIR) and pass model=DIR (--clip DIR)") from e
         width = self.model.config.text_config.hidden_size
         self.tokens = None
         self.text_mode = "class names"
@@ -99,7 +103,7 @@ class ClipScorer:
         self.tokens = bank
         self.text_mode = "learned tokens"
 
-    def text_features(self, texts: Sequence[str]):
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         import torch
 
         out = []
@@ -112,7 +116,7 @@ class ClipScorer:
                 out.append(torch.nn.functional.normalize(f.float(), dim=-1))
         return torch.cat(out)
 
-    def image_features(self, images: Sequence):
+    def image_features(self, images: Sequence) -> torch.Tensor:
         import torch
 
         out = []

@@ -17,7 +17,7 @@ def deprecated(message: str, stacklevel: int = 3) -> None:
                   stacklevel=stacklevel)
 
 
-def renamed(kwargs: dict, old: str, new: str, current, *, default=None, where: str = ""):
+def renamed(kwargs: dict, old: str, new: str, current, *, default=None, where: str = "") -> object:
     """Take a renamed keyword out of ``kwargs``: the value of ``new`` (``current``) or, with a
     warning, the one given under ``old``. Giving both with different values is an error.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .build import ShardJob, ShardTask
 from .classes import ClassList
@@ -12,6 +13,9 @@ from .errors import ReleaseError
 from .files import canonical_json
 from .masks import Masks
 from .release import ReleaseSet, release_shifts
+
+if TYPE_CHECKING:
+    from .build import BuildSummary
 
 __all__ = ["ReleaseJob", "convert_release"]
 
@@ -76,7 +80,7 @@ def convert_release(
     engine: str = "local",
     overwrite: bool = False,
     progress: bool = True,
-):
+) -> BuildSummary:
     """Turn the ImageNet* release into dsi-bench shards (same layout and manifest as a build).
 
     Masked-out samples are kept, flagged ``"keep": false`` in their ``.json``, so readers can
@@ -87,13 +91,12 @@ def convert_release(
     """
     from .build import run_job
     from .classes import imagenet_classes
-    from .errors import SpecError
     from .files import sha256_file
     from .masks import resolve_masks
     from .shifts import get_shift
+    from .validate import check_positive_int
 
-    if not isinstance(samples_per_shard, int) or samples_per_shard <= 0:
-        raise SpecError(f"samples_per_shard={samples_per_shard!r} must be a positive integer")
+    check_positive_int(samples_per_shard, "samples_per_shard", example=1000)
     class_list = class_list or imagenet_classes()
     indices = None if classes is None else class_list.resolve(classes)
     ids = [get_shift(s).id for s in shifts] if shifts else release_shifts(root)

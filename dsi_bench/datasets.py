@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from torchvision.datasets import VisionDataset
 
@@ -30,6 +31,9 @@ from .sources import open_source
 from .sources.base import SampleStream
 from .tokens import TokenBank
 from .validate import check_non_negative_int, check_positive_int
+
+if TYPE_CHECKING:
+    from .synthesis import SampleRequest, Synthesizer
 
 __all__ = ["SOURCES", "ShiftedImageNet", "dataset_arguments"]
 
@@ -212,7 +216,7 @@ class ShiftedImageNet(VisionDataset):
 
     # ------------------------------------------------------------------ torchvision contract
     @property
-    def synthesizer(self):
+    def synthesizer(self) -> Synthesizer | None:
         """The :class:`~dsi_bench.synthesis.Synthesizer` of a ``"synth"`` dataset (``None`` otherwise)."""
         return getattr(self.backend, "synthesizer", None)
 
@@ -246,7 +250,7 @@ class ShiftedImageNet(VisionDataset):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def request(self, i: int):
+    def request(self, i: int) -> SampleRequest:
         """The :class:`~dsi_bench.synthesis.SampleRequest` behind index ``i`` (``"synth"`` source)."""
         if self.synthesizer is None:
             raise SpecError(f"request() is for generated samples; this dataset reads {self.source!r}")

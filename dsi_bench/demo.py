@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import ensure_writable_dir
 from .folders import generate_folder
 from .pipeline import PipelineSpec
+
+if TYPE_CHECKING:
+    from .build import BuildSummary
+    from .results import Results
+    from .shards import VerifyReport
 
 __all__ = ["DEMO_SHIFTS", "run_demo", "run_demo_eval", "run_demo_shards"]
 
@@ -34,7 +40,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, progress: bool = True) -> l
     return generate_folder(out / "images", **plan)
 
 
-def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = True):
+def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = True) -> tuple[BuildSummary, VerifyReport]:
     """The demo's samples as verified WebDataset shards (served from the demo's sample cache)."""
     from .build import build_shards
     from .shards import verify_shards
@@ -47,7 +53,7 @@ def run_demo_shards(out: str | os.PathLike = "demo_out", *, progress: bool = Tru
     return summary, verify_shards(out / "shards")
 
 
-def run_demo_eval(out: str | os.PathLike = "demo_out", *, progress: bool = True):
+def run_demo_eval(out: str | os.PathLike = "demo_out", *, progress: bool = True) -> tuple[Results, dict]:
     """Evaluate three tiny random classifiers on the demo shards; write results and a leaderboard.
 
     Returns:
@@ -65,4 +71,7 @@ def run_demo_eval(out: str | os.PathLike = "demo_out", *, progress: bool = True)
                            num_workers=0, progress=progress)
         results.save(out / "results" / f"{name}.json")
         first = first or results
-    return first, make_leaderboard(out / "results", out / "leaderboard")
+    import importlib.util
+
+    plots = importlib.util.find_spec("matplotlib") is not None  # the [plots] extra; make demo installs it
+    return first, make_leaderboard(out / "results", out / "leaderboard", plots=plots)

@@ -80,7 +80,7 @@ class World:
         return f"cuda:{self.local_rank}" if device == "cuda" and self.distributed else device
 
 
-def init_process_group(device: str):
+def init_process_group(device: str) -> tuple[object | None, bool]:
     """Join the torchrun process group when ``WORLD_SIZE > 1``.
 
     Returns:

@@ -73,7 +73,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     except OSError as e:
         raise CacheError(
             f"{what} {str(path)!r} is not writable ({e.strerror or e}); choose another location or fix its permissions"
-        ) from None
+        ) from e
     return path
 
 
@@ -90,12 +90,12 @@ def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def read_json(path: str | os.PathLike, what: str, error: type[Exception] = CacheError):
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] = CacheError) -> object:
     """Parse a JSON file; a missing or malformed file raises ``error`` naming ``what`` and the path."""
     path = Path(path).expanduser()
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"{what} {str(path)!r} does not exist") from None
+    except FileNotFoundError as cause:
+        raise error(f"{what} {str(path)!r} does not exist") from cause
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{what} {str(path)!r} is not valid JSON ({e})") from None
+        raise error(f"{what} {str(path)!r} is not valid JSON ({e})") from e

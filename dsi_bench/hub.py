@@ -322,7 +322,7 @@ def publish(shards_dir, repo: str, *, dataset_format: str = "webdataset", privat
     try:
         _probe(api)  # before staging anything: offline is the common failure
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(e, repo) from None
+        raise _hub_error(e, repo) from e
     # Stage beside the shards (same file system): the tars are hard-linked, not copied.
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=str(Path(shards_dir).expanduser())))
     try:
@@ -344,7 +344,7 @@ def publish(shards_dir, repo: str, *, dataset_format: str = "webdataset", privat
         except (ShardError, SpecError):
             raise
         except Exception as e:  # noqa: BLE001 - network and Hub errors become one line
-            raise _hub_error(e, repo) from None
+            raise _hub_error(e, repo) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**result, "uploaded": True, "url": f"{(endpoint or 'https://huggingface.co').rstrip('/')}/datasets/{repo}"}

@@ -11,8 +11,12 @@ shards, pixel-identical to synthesis) are always decoded in full.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "check_image_options", "decode_error", "decode_image", "draft_size",
            "encode_image"]
@@ -44,7 +48,7 @@ def encode_image(image, image_format: str, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, draft: int | None = None):
+def decode_image(data: bytes, draft: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB PIL image, once.
 
     Args:

@@ -220,9 +220,9 @@ def _plots(group, shifts: list[str], folder: Path, metric: Metric) -> list[Path]
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import numpy as np
-    except ImportError:
+    except ImportError as cause:
         raise OptionalDependencyError("leaderboard plots need matplotlib: pip install 'dsi-bench[plots]' "
-                                      "(or pass plots=False / --no-plots)") from None
+                                      "(or pass plots=False / --no-plots)") from cause
     folder.mkdir(parents=True, exist_ok=True)
     written = []
 

@@ -29,11 +29,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .classes import ClassInfo, ClassList
 from .errors import SpecError, TokenBankError
 from .files import atomic_write
 from .validate import check_choice, check_non_negative_int, check_positive_int
+
+if TYPE_CHECKING:
+    import torch
+
+    from .tokens import TokenBank
 
 __all__ = ["IMAGENET_TEMPLATES", "PRESETS", "TokenTrainer", "TrainConfig", "TrainingData", "learn_tokens",
            "load_training_data"]
@@ -271,7 +277,7 @@ class TokenTrainer:
         self.held_out: dict[tuple, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ phases
-    def run(self):
+    def run(self) -> TokenBank:
         """Load the models, initialise the rows, resume, train every group of this rank, save, merge.
 
         Returns:
@@ -473,7 +479,7 @@ class TokenTrainer:
             self.held_out[tuple(group)] = (before, self.held_out_loss(group, latents))
         self.save(opts, gens)
 
-    def forward_loss(self, active: list[int], gens: dict, latents: dict):
+    def forward_loss(self, active: list[int], gens: dict, latents: dict) -> torch.Tensor:
         """Per-sample diffusion losses, one sample per class, each drawn from its class's generator."""
         import torch
 
@@ -522,7 +528,7 @@ class TokenTrainer:
         return {"before": sum(b for b, _ in pairs) / len(pairs), "after": sum(a for _, a in pairs) / len(pairs),
                 "draws_per_class": self.config.eval_draws}
 
-    def bank(self):
+    def bank(self) -> TokenBank:
         """The bank as it stands (rows, finished steps and the training record)."""
         from .tokens import TokenBank
 
@@ -567,7 +573,7 @@ def learn_tokens(
     eval_draws: int = 0,
     progress: bool = True,
     **deprecated_names,
-):
+) -> TokenBank:
     """Learn one token per class; returns a :class:`~dsi_bench.tokens.TokenBank`.
 
     A thin wrapper over :class:`TokenTrainer` with a :class:`TrainConfig` made from the preset.

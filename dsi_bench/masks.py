@@ -121,7 +121,7 @@ def _load_npy(path: Path):
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except ValueError as e:
-            raise MaskError(f"{str(path)!r} is not a .npy file ({e})") from None
+            raise MaskError(f"{str(path)!r} is not a .npy file ({e})") from e
         if not dtype.hasobject:
             return np.load(path, allow_pickle=False)
         try:
@@ -129,7 +129,7 @@ def _load_npy(path: Path):
         except MaskError:
             raise
         except Exception as e:  # noqa: BLE001 - any malformed pickle
-            raise MaskError(f"{str(path)!r} could not be read as a pickled dict of arrays ({e})") from None
+            raise MaskError(f"{str(path)!r} could not be read as a pickled dict of arrays ({e})") from e
     if isinstance(value, np.ndarray) and value.dtype == object and value.shape == ():
         value = value.item()
     return value
@@ -149,7 +149,7 @@ def load_release_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 value = {k: z[k] for k in z.files}
         except Exception as e:  # noqa: BLE001
-            raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from None
+            raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from e
     else:
         value = _load_npy(path)
     if not isinstance(value, dict) or not value:
@@ -185,7 +185,7 @@ def fetch_release_masks(url: str | None = None) -> Path:
         torch.hub.download_url_to_file(url, str(target), progress=False)
     except Exception as e:  # noqa: BLE001 - URLError, HTTPError, timeouts
         raise OfflineError(f"could not fetch the ImageNet* masks from {url} ({e}); "
-                           "pass masks=PATH (--masks PATH) with a local masks.npy or .npz") from None
+                           "pass masks=PATH (--masks PATH) with a local masks.npy or .npz") from e
     return target
 
 
@@ -234,7 +234,7 @@ class Masks:
         return set(self._arrays) | {k.split("/", 1)[0] for k in self._keyed}
 
     @classmethod
-    def from_release(cls, arrays: dict[str, np.ndarray], source: str = "", per_class: int = RELEASE_PER_CLASS):
+    def from_release(cls, arrays: dict[str, np.ndarray], source: str = "", per_class: int = RELEASE_PER_CLASS) -> Masks:
         """Bind the release's arrays to keys: entry ``j`` is class ``j // 50``, file ``j % 50``.
 
         Raises:
@@ -267,7 +267,7 @@ class Masks:
                     if "keys" in z.files and "keep" in z.files:
                         return cls.from_keyed(z["keys"], z["keep"], str(path))
             except (OSError, ValueError) as e:
-                raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from None
+                raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from e
         return cls.from_release(load_release_masks(path), str(path))
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -40,7 +40,7 @@ class Memo:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data
 
-    def get(self, key: Hashable, default=None):
+    def get(self, key: Hashable, default=None) -> object:
         with self._lock:
             if key not in self._data:
                 return default
@@ -54,7 +54,7 @@ class Memo:
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
 
-    def get_or_create(self, key: Hashable, factory: Callable[[], object]):
+    def get_or_create(self, key: Hashable, factory: Callable[[], object]) -> object:
         """The cached value, or ``factory()`` stored under ``key`` (computed once under the lock)."""
         with self._lock:
             if key in self._data:

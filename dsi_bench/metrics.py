@@ -173,11 +173,6 @@ class Metric:
             return f"{value:.2g}"
         return str(value)
 
-    def best(self, values: dict[str, float]) -> str:
-        """The key with the best value (``higher_is_better`` decides the direction)."""
-        sign = 1 if self.higher_is_better else -1
-        return max(values, key=lambda k: (sign * values[k], k))
-
     def worst(self, values: dict[str, float]) -> str:
         sign = 1 if self.higher_is_better else -1
         return min(values, key=lambda k: (sign * values[k], k))

@@ -48,7 +48,7 @@ MODEL_KINDS: dict[str, ModelKind] = {}
 _OTHER_FORMS = ("file.py:function", "package.module:function", "a TorchScript .pt file")
 
 
-def register_model_kind(prefix: str, form: str, help: str, *, overwrite: bool = False):
+def register_model_kind(prefix: str, form: str, help: str, *, overwrite: bool = False) -> Callable:
     """Register a classifier kind: a decorator for ``loader(name, weights, spec) -> LoadedModel``.
 
     Raises:
@@ -68,7 +68,7 @@ def model_spec_help() -> str:
     return ", ".join([k.form for k in MODEL_KINDS.values()] + list(_OTHER_FORMS))
 
 
-def imagenet_eval_transform(resize: int = 256, crop: int = 224):
+def imagenet_eval_transform(resize: int = 256, crop: int = 224) -> Callable:
     """The standard ImageNet evaluation transform (Resize, CenterCrop, ToTensor, Normalize)."""
     from torchvision import transforms as T
 
@@ -161,10 +161,10 @@ def _checkpoint_state(path: Path) -> dict:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelLoadError(f"checkpoint {str(path)!r} does not exist") from None
+    except FileNotFoundError as cause:
+        raise ModelLoadError(f"checkpoint {str(path)!r} does not exist") from cause
     except Exception as e:  # noqa: BLE001 - refused pickles, corrupt zips
-        raise ModelLoadError(f"checkpoint {str(path)!r} could not be read safely (weights_only=True): {e}") from None
+        raise ModelLoadError(f"checkpoint {str(path)!r} could not be read safely (weights_only=True): {e}") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -182,7 +182,7 @@ def _load_state(module, path: Path, spec: str) -> None:
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise ModelLoadError(f"checkpoint {str(path)!r} does not fit {spec} ({first})") from None
+        raise ModelLoadError(f"checkpoint {str(path)!r} does not fit {spec} ({first})") from e
 
 
 def _is_path(weights: str | None) -> bool:
@@ -216,16 +216,16 @@ def _load_torchvision(name: str, weights: str | None, spec: str) -> LoadedModel:
     else:
         try:
             chosen = enum[w]
-        except KeyError:
+        except KeyError as cause:
             names = list(enum.__members__)
             raise SpecError(f"{spec} has no weights {w!r}; choose one of {', '.join(names)}, none, or a checkpoint "
-                            "path" + close_matches(w, names)) from None
+                            "path" + close_matches(w, names)) from cause
         try:
             module = tvm.get_model(name, weights=chosen)
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, socket errors
             cache = os.path.join(os.environ.get("TORCH_HOME", "~/.cache/torch"), "hub", "checkpoints")
             raise _offline(spec, f"{chosen} from {chosen.url}", e,
-                           f"put that file in {cache}/ or pass --weights path/to/checkpoint.pth") from None
+                           f"put that file in {cache}/ or pass --weights path/to/checkpoint.pth") from e
     if chosen is not None:
         transform, prep = chosen.transforms(), f"{chosen}.transforms(): {_describe(chosen.transforms())}"
         names = list(chosen.meta.get("categories") or []) or None
@@ -242,8 +242,8 @@ def _load_timm(name: str, weights: str | None, spec: str) -> LoadedModel:
     try:
         import timm
         from timm.data import create_transform, resolve_data_config
-    except ImportError:
-        raise OptionalDependencyError(f"{spec} needs timm: pip install 'dsi-bench[timm]'") from None
+    except ImportError as cause:
+        raise OptionalDependencyError(f"{spec} needs timm: pip install 'dsi-bench[timm]'") from cause
     available = timm.list_models()
     if name not in available and name.split(".")[0] not in available:
         raise SpecError(f"timm has no model {name!r}." + close_matches(name, available) + " See timm.list_models()")
@@ -259,7 +259,7 @@ def _load_timm(name: str, weights: str | None, spec: str) -> LoadedModel:
         except Exception as e:  # noqa: BLE001 - hub errors
             raise _offline(spec, "pretrained weights from the Hugging Face Hub", e,
                            "download them where you have network (they are cached by huggingface_hub) or pass "
-                           "--weights path/to/checkpoint.pth") from None
+                           "--weights path/to/checkpoint.pth") from e
     config = resolve_data_config({}, model=module)
     transform = create_transform(**config)
     return LoadedModel(module.eval(), transform, spec, w, f"timm data config {config}", _num_outputs(module))
@@ -292,9 +292,9 @@ def _load_hf(name: str, weights: str | None, spec: str) -> LoadedModel:
     except OSError as e:
         if Path(name).expanduser().exists():
             raise ModelLoadError(f"{str(name)!r} is not a transformers image classifier folder ({str(e)[:200]})") \
-                from None
+                from e
         raise _offline(spec, f"{name} from the Hugging Face Hub", e,
-                       "download it (hf download ORG/NAME --local-dir DIR) and use hf:DIR") from None
+                       "download it (hf download ORG/NAME --local-dir DIR) and use hf:DIR") from e
 
     def transform(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
@@ -399,7 +399,7 @@ def _load_spec(spec: str, weights: str | None) -> LoadedModel:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"{str(path)!r} is not a TorchScript model ({str(e)[:200]}); for a state dict, use "
-                                 "torchvision:NAME --weights PATH") from None
+                                 "torchvision:NAME --weights PATH") from e
         return LoadedModel(module.eval(), imagenet_eval_transform(), spec, None, "standard ImageNet eval (256/224)",
                            None)
     hint = close_matches(kind, MODEL_KINDS) if sep else ""

@@ -23,9 +23,14 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModelLoadError, OfflineError, SpecError, close_matches
 from .memo import Memo
+from .validate import check_positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -115,10 +120,10 @@ def resolve_device(device: str | None) -> str:
         return "cpu"
     try:
         torch.device(name)
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError) as cause:
         raise SpecError(
             f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'"
-        ) from None
+        ) from cause
     return name
 
 
@@ -178,10 +183,8 @@ class PipelineSpec:
             set_(self, "out_size", None)
         for name in ("steps", "gen_size", "out_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise SpecError(f"{name}={value!r} must be a positive integer (or None for the default)")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise SpecError(f"batch_size={self.batch_size!r} must be a positive integer, e.g. 8")
+            check_positive_int(value, name, optional=True)
+        check_positive_int(self.batch_size, "batch_size", example=8)
         if self.gen_size is not None and self.gen_size % 8:
             raise SpecError(f"gen_size={self.gen_size} must be a multiple of 8 (the VAE's downsampling), e.g. 768")
         if self.guidance_scale < 0:
@@ -214,7 +217,7 @@ class PipelineSpec:
         return self.device.split(":")[0]
 
     @property
-    def torch_dtype(self):
+    def torch_dtype(self) -> torch.dtype:
         import torch
 
         name = self.dtype if self.dtype != "auto" else ("float16" if self.device_type == "cuda" else "float32")
@@ -402,7 +405,7 @@ class LoadedPipeline:
     def native_size(self) -> int:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
-    def make_scheduler(self):
+    def make_scheduler(self) -> object:
         """A fresh scheduler of the spec's sampler, from the model's own scheduler config.
 
         The model's training settings (betas, ``prediction_type`` such as SD2's
@@ -496,9 +499,9 @@ def _from_pretrained(cls, spec: PipelineSpec, **kwargs):
             raise ModelLoadError(
                 f"could not load {spec.model!r} as a Stable Diffusion pipeline ({first_line}); pass a folder saved "
                 "with pipe.save_pretrained() or downloaded with `hf download`"
-            ) from None
+            ) from e
         if isinstance(e, OSError):
-            raise OfflineError(_offline_message(spec.model, e)) from None
+            raise OfflineError(_offline_message(spec.model, e)) from e
         raise
 
 

@@ -24,11 +24,15 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .classes import ClassList
 from .errors import ReleaseError
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 from .masks import RELEASE_PER_CLASS, Masks
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["ReleaseEntry", "ReleaseSet", "release_shifts"]
 
@@ -217,16 +221,16 @@ class ReleaseSet:
             self._local.pid = os.getpid()
         return z.read(entry.member)
 
-    def load_image(self, entry: ReleaseEntry, draft: int | None = None):
+    def load_image(self, entry: ReleaseEntry, draft: int | None = None) -> Image.Image:
         try:
             data = self.read(entry)
         except (OSError, KeyError, zipfile.BadZipFile) as e:
-            raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read ({e}); check the copy") from None
+            raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read ({e}); check the copy") from e
         try:
             return decode_image(data, draft)
         except Exception as e:  # noqa: BLE001 - PIL decoder errors
             raise ReleaseError(f"{self.where}: {entry.member!r} does not decode ({decode_error(e)}); "
-                               "replace it with the release's file") from None
+                               "replace it with the release's file") from e
 
     def metadata(self, entry: ReleaseEntry, masks: Masks | None = None) -> dict:
         info = self.class_list[entry.label]

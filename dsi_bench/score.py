@@ -44,8 +44,8 @@ def read_predictions(path: str | os.PathLike, class_list: ClassList) -> dict[str
     by_wnid = {c.wnid: c.index for c in class_list if c.wnid}
     try:
         handle = open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise PredictionsError(f"predictions file {str(path)!r} does not exist") from None
+    except FileNotFoundError as cause:
+        raise PredictionsError(f"predictions file {str(path)!r} does not exist") from cause
     rows: dict[str, tuple[list[int], int | None]] = {}
     duplicates, bad_keys = [], []
     with handle as f:

@@ -25,11 +25,17 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ShardError
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, split_member
 from .memo import Memo
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from PIL import Image
 
 __all__ = [
     "SampleEntry",
@@ -78,7 +84,7 @@ class _Root:
     def join(self, rel: str) -> str:
         return str(self.local / rel) if self.local is not None else f"{self.path.rstrip('/')}/{rel}"
 
-    def open(self, rel: str):
+    def open(self, rel: str) -> BinaryIO:
         if self.local is not None:
             return open(self.local / rel, "rb")
         return self.fs.open(self.join(rel), "rb")
@@ -116,7 +122,7 @@ def _read_manifest(root: _Root) -> dict:
     try:
         manifest = json.loads(root.read(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{root.join(MANIFEST)!r} is not valid JSON ({e}); rerun the build to rewrite it") from None
+        raise ShardError(f"{root.join(MANIFEST)!r} is not valid JSON ({e}); rerun the build to rewrite it") from e
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardError(f"{root.join(MANIFEST)!r} is not a dsi-bench shard manifest (format "
                          f"{manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
@@ -151,7 +157,7 @@ def _scan_shard(f, shard: str) -> list[SampleEntry]:
                 elif ext in IMAGE_EXTENSIONS:
                     members[key]["image"] = (ext, m.offset_data, m.size)
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ShardError(f"shard {shard} is damaged ({e}); run `dsi-bench verify` and rebuild it") from None
+        raise ShardError(f"shard {shard} is damaged ({e}); run `dsi-bench verify` and rebuild it") from e
     entries = []
     for key in order:
         parts = members[key]
@@ -161,7 +167,7 @@ def _scan_shard(f, shard: str) -> list[SampleEntry]:
             label = int(parts["cls"][2].decode().strip())
             meta = json.loads(parts["json"][2]) if "json" in parts else {}
         except (ValueError, UnicodeDecodeError) as e:
-            raise ShardError(f"shard {shard}: sample {key!r} has an unreadable label or metadata ({e})") from None
+            raise ShardError(f"shard {shard}: sample {key!r} has an unreadable label or metadata ({e})") from e
         ext, off, size = parts["image"]
         joff, jsize = parts["json"][:2] if "json" in parts else (0, 0)
         keep = None if meta.get("keep") is None else bool(meta["keep"])
@@ -323,13 +329,13 @@ class ShardSet:
             raise ShardError(f"shard {shard} ended early while reading a sample; it is truncated: rebuild it")
         return blob
 
-    def load_image(self, entry: SampleEntry, draft: int | None = None):
+    def load_image(self, entry: SampleEntry, draft: int | None = None) -> Image.Image:
         data = self.read_member(entry.shard, entry.image_offset, entry.image_size, f"{entry.key}.{entry.image_ext}")
         try:
             return decode_image(data, draft)
         except Exception as e:  # noqa: BLE001 - PIL raises many types
             raise ShardError(f"shard {entry.shard}: image of {entry.key!r} does not decode ({decode_error(e)}); "
-                             "rebuild it") from None
+                             "rebuild it") from e
 
     def load_metadata(self, entry: SampleEntry) -> dict:
         if not entry.json_size:
@@ -344,10 +350,10 @@ class ShardSet:
         try:
             with self.root.open(rel) as f:
                 yield from group_by_keys(tar_file_expander([{"url": rel, "stream": f}]))
-        except FileNotFoundError:
-            raise ShardError(f"shard {rel} is missing from {self.root.url!r}; rerun the build to restore it") from None
+        except FileNotFoundError as cause:
+            raise ShardError(f"shard {rel} is missing from {self.root.url!r}; rerun the build to restore it") from cause
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            raise ShardError(f"shard {rel} is damaged ({e}); run `dsi-bench verify` and rebuild it") from None
+            raise ShardError(f"shard {rel} is damaged ({e}); run `dsi-bench verify` and rebuild it") from e
 
 
 # ---------------------------------------------------------------------- verification

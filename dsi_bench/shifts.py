@@ -3,7 +3,7 @@
 A shift is data, not a branch: a frozen :class:`Shift` whose prompt template contains
 ``<TOKEN>``, the place where a class token (or a class name) goes. The catalog holds the
 ImageNet* release's ``base`` plus its 23 shifts, with ids equal to the release's directory
-names. Five prompts are the published ones; the other 18 are not published and were
+names. Five prompts are the published ones; the other 19 are not published and were
 derived by us from the directory names in the same style (``source="dsi-bench"``).
 
 Custom shifts: any template containing ``<TOKEN>`` ("a watercolor painting of a <TOKEN>")

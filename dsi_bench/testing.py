@@ -13,6 +13,15 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from transformers import CLIPTokenizer
+
+    from .classes import ClassList
 
 __all__ = [
     "FAKE_WNIDS",
@@ -56,7 +65,7 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 1000):
+def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
     """A real ``CLIPTokenizer`` with a small byte-level BPE vocabulary, built deterministically.
 
     The vocabulary holds every byte symbol (with and without CLIP's ``</w>`` suffix), so any
@@ -235,7 +244,7 @@ def make_fake_release(
     """A folder laid out like the ImageNet* release: ``{shift}.zip`` (or folders) of
     ``{wnid}/{NN}.jpg``, small random JPEGs (deterministic).
 
-    With ``pattern``, each image is one flat colour encoding what it is (see :class:`OracleClassifier`):
+    With ``pattern``, each image is one flat colour encoding what it is (see :func:`oracle_classifier`):
     red = 20 + 40 * class position, green = 10 + 4 * index, blue = 200 for shifts other than base.
     """
     import zipfile
@@ -272,7 +281,7 @@ def make_fake_release(
     return root
 
 
-def fake_imagenet_classes(wnids: Sequence[str] = FAKE_WNIDS):
+def fake_imagenet_classes(wnids: Sequence[str] = FAKE_WNIDS) -> ClassList:
     """A 1000-class list whose first classes carry the given WordNet ids (the rest get
     sortable fake ids), so release folders map to indices without timm or a class table."""
     from .classes import ClassList, imagenet_classes
@@ -282,22 +291,24 @@ def fake_imagenet_classes(wnids: Sequence[str] = FAKE_WNIDS):
     return ClassList.from_names(names, ids=ids, name="imagenet")
 
 
-def tiny_classifier(num_classes: int = 1000, seed: int = 0, width: int = 8, size: int = 32):
+def tiny_classifier(num_classes: int = 1000, seed: int = 0, width: int = 8,
+                    size: int = 32) -> tuple[torch.nn.Module, Callable]:
     """A small random CNN and its transform (``size`` px): a real ``nn.Module`` for tests and the demo."""
     import torch
     from torchvision import transforms as T
 
-    torch.manual_seed(seed)
-    module = torch.nn.Sequential(
-        torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
-        torch.nn.Linear(width * 16, num_classes),
-    )
+    with torch.random.fork_rng():  # seeded weights without touching the caller's random state
+        torch.manual_seed(seed)
+        module = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+            torch.nn.Flatten(), torch.nn.Linear(width * 16, num_classes),
+        )
     transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
                            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     return module.eval(), transform
 
 
-def oracle_classifier():
+def oracle_classifier() -> tuple[torch.nn.Module, Callable]:
     """A model that reads :func:`make_fake_release` pattern images (``ToTensor`` input, 1000 outputs).
 
     It is right unless ``index % 10 == 3``, or (blue images only: the shifts) ``index % 5 == 0``;

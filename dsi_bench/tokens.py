@@ -57,7 +57,7 @@ def _safe_torch_load(data: bytes, where: str):
         raise TokenBankError(
             f"{where} is not a plain tensor file that can be loaded safely ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); re-save it with safetensors"
-        ) from None
+        ) from e
 
 
 def _as_row(t, where: str) -> torch.Tensor:
@@ -165,12 +165,12 @@ class TokenBank:
     def _row_of(self, class_index: int) -> int:
         try:
             return self._row[class_index]
-        except KeyError:
+        except KeyError as cause:
             lo, hi = min(self._row), max(self._row)
             raise TokenBankError(
                 f"token bank has no token for class {class_index} (it covers {len(self)} classes, "
                 f"indices {lo}..{hi}); use a bank that covers it or drop the class from `classes`"
-            ) from None
+            ) from cause
 
     def require(self, class_indices: Iterable[int]) -> None:
         """Check that the bank has a token for every class.
@@ -443,13 +443,13 @@ def _read_safetensors_meta(path: Path) -> dict | None:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
-        raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from None
+        raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
     if _META_KEY not in meta:
         return None
     try:
         data = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError:
-        raise TokenBankError(f"{str(path)!r} has damaged dsi-bench metadata; re-export the bank") from None
+    except json.JSONDecodeError as cause:
+        raise TokenBankError(f"{str(path)!r} has damaged dsi-bench metadata; re-export the bank") from cause
     if data.get("format") != _FORMAT:
         return None
     return data
@@ -485,7 +485,7 @@ def _read_state_dict(path: Path) -> dict:
         try:
             sd = load_file(str(path))
         except Exception as e:  # noqa: BLE001
-            raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from None
+            raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
     else:
         sd = _safe_torch_load(path.read_bytes(), str(path))
     if isinstance(sd, torch.Tensor):
@@ -516,7 +516,7 @@ def fetch_imagenet_star_tokens(*, revision: str | None = None, cache_dir: str | 
             f"could not download tokens.zip from the Hub dataset {IMAGENET_STAR_TOKENS_REPO} "
             f"({type(e).__name__}); download it where you are online and pass its local path "
             "(tokens='path/to/tokens.zip' or --tokens path/to/tokens.zip)"
-        ) from None
+        ) from e
 
 
 def load_tokens(source, *, class_list: Sequence[ClassInfo] | None = None, **deprecated_names) -> TokenBank:

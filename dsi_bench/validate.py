@@ -17,7 +17,7 @@ def _is_int(value) -> bool:
 
 
 def check_positive_int(value, name: str, *, example: int | None = None, optional: bool = False,
-                       error: type[Exception] = SpecError):
+                       error: type[Exception] = SpecError) -> int | None:
     """``value`` if it is an int > 0 (or ``None`` when ``optional``).
 
     Raises:

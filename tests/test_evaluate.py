@@ -225,7 +225,7 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
         run(m, release, classes, transform=t, name=f"tiny-{seed}").save(folder / f"tiny{seed}.json")
     from dsi_bench.leaderboard import make_leaderboard
 
-    paths = make_leaderboard(folder, tmp_path / "board")
+    paths = make_leaderboard(folder, tmp_path / "board", plots=False)
     md = paths["md"].read_text()
     assert "| 1 | oracle | 70.0 | 90.0 | in_the_snow (70.0) |" in md
     rows = paths["csv"].read_text().splitlines()
@@ -243,10 +243,7 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
     parser.feed(paths["html"].read_text())
     parser.close()
     assert parser.tags.count("tr") == 4 and "script" in parser.tags and "th" in parser.tags
-    names = sorted(p.name for p in paths["plots"])
-    assert names == ["effective_robustness.png", "heatmap.png", "oracle_shifts.png", "tiny-0_shifts.png",
-                     "tiny-1_shifts.png"]
-    assert all(_valid_png(p) for p in paths["plots"])
+    assert paths["plots"] == []
     # Results on other data are flagged and kept apart; other schema versions are refused.
     other = json.loads((folder / "tiny1.json").read_text())
     other["data"]["fingerprint"] = "something else"
@@ -271,6 +268,36 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
         make_leaderboard(folder, tmp_path / "board4")
 
 
+@pytest.mark.parametrize("sort", ["top1", "flip_rate"])
+def test_leaderboard_plots(release, classes, tmp_path, sort):
+    pytest.importorskip("matplotlib", reason="plots need the [plots] extra (matplotlib)")
+    from dsi_bench.leaderboard import make_leaderboard
+
+    folder = tmp_path / "results"
+    run("oracle", release, classes, name="oracle").save(folder / "oracle.json")
+    for seed in (0, 1):
+        m, t = tiny_classifier(seed=seed)
+        run(m, release, classes, transform=t, name=f"tiny-{seed}").save(folder / f"tiny{seed}.json")
+    paths = make_leaderboard(folder, tmp_path / "board", sort=sort)
+    names = sorted(p.name for p in paths["plots"])
+    assert names == ["effective_robustness.png", "heatmap.png", "oracle_shifts.png", "tiny-0_shifts.png",
+                     "tiny-1_shifts.png"]
+    assert all(_valid_png(p) for p in paths["plots"])
+
+
+def test_leaderboard_without_matplotlib_says_how_to_get_plots(release, classes, tmp_path, monkeypatch):
+    import sys
+
+    from dsi_bench.errors import OptionalDependencyError
+    from dsi_bench.leaderboard import make_leaderboard
+
+    run("oracle", release, classes, name="oracle").save(tmp_path / "results" / "oracle.json")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(OptionalDependencyError, match=r"pip install 'dsi-bench\[plots\]'.*--no-plots"):
+        make_leaderboard(tmp_path / "results", tmp_path / "board")
+    assert make_leaderboard(tmp_path / "results", tmp_path / "board", plots=False)["plots"] == []
+
+
 def test_leaderboard_ranks_by_any_metric(release, classes, tmp_path):
     """--sort flip_rate ranks the lowest flip rate first; the tables show that metric per shift."""
     from dsi_bench.cli import main
@@ -283,7 +310,7 @@ def test_leaderboard_ranks_by_any_metric(release, classes, tmp_path):
         run(m, release, classes, transform=t, name=f"tiny-{seed}").save(folder / f"tiny{seed}.json")
     loaded = {n: Results.load(folder / f"{n}.json") for n in ("oracle", "tiny0", "tiny1")}
     flips = {n: r.shifts["in_the_snow"]["flip_rate"] for n, r in loaded.items()}
-    paths = make_leaderboard(folder, tmp_path / "board", plots=True, sort="flip_rate")
+    paths = make_leaderboard(folder, tmp_path / "board", plots=False, sort="flip_rate")
     rows = paths["csv"].read_text().splitlines()
     assert rows[0].startswith("group,rank,model,mean_flip_rate,base_flip_rate,worst_shift,worst_flip_rate")
     ranked = [row.split(",")[2] for row in rows[1:]]
@@ -291,7 +318,6 @@ def test_leaderboard_ranks_by_any_metric(release, classes, tmp_path):
     assert ranked == [by_name[n] for n in sorted(flips, key=lambda n: (flips[n], by_name[n]))]
     md = paths["md"].read_text()
     assert "lower is better" in md and f"| oracle | {100 * flips['oracle']:.1f} | – |" in md
-    assert len(paths["plots"]) == 5
     with pytest.raises(SpecError, match="unknown metric to sort by 'mcnemar_p'"):
         make_leaderboard(folder, tmp_path / "b2", sort="mcnemar_p")
     assert main(["leaderboard", str(folder), "--out", str(tmp_path / "b3"), "--sort", "top5", "--no-plots"]) == 0

@@ -48,7 +48,11 @@ def test_demo_runs_offline(tmp_path, capsys):
     assert "all 10 shards (100 samples) match" in out
     assert "The harness on those shards" in out and "McNemar p" in out
     board = tmp_path / "demo" / "leaderboard"
-    assert (board / "leaderboard.html").is_file() and len(list((board / "plots").glob("*.png"))) == 5
+    assert (board / "leaderboard.html").is_file()
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert len(list((board / "plots").glob("*.png"))) == 5 and "5 plots" in out
     assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 3
 
 

@@ -75,10 +75,11 @@ class _DeprecatedFlag(argparse.Action):
             setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
-def deprecated_flag(parser, old: str, new: str, dest: str, *, append: bool = False, flag: bool = False) -> None:
-    """Accept ``old`` as a hidden alias of ``new`` (stored in ``dest``), with a warning."""
+def deprecated_flag(parser, old: str, new: str, dest: str, *, append: bool = False, flag: bool = False,
+                    type=None) -> None:
+    """Accept ``old`` as a hidden alias of ``new`` (stored in ``dest``, converted by ``type``), with a warning."""
     parser.add_argument(old, dest=dest, action=_DeprecatedFlag, new=new, append=append, help=argparse.SUPPRESS,
-                        **({"nargs": 0} if flag else {}))
+                        type=type, **({"nargs": 0} if flag else {}))
 
 
 # ---------------------------------------------------------------------- shared options

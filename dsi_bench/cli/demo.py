@@ -27,7 +27,8 @@ class Demo(Command):
         results, board = run_demo_eval(args.out, progress=not args.quiet)
         print(f"\nThe harness on those shards, {results['model']['name']} (a random 1000-way CNN, so about 0%):")
         print(results.table())
-        print(f"leaderboard of 3 tiny models: {board['md']} (and .csv, .html, {len(board['plots'])} plots)")
+        plots = f"{len(board['plots'])} plots" if board["plots"] else "no plots: pip install 'dsi-bench[plots]'"
+        print(f"leaderboard of 3 tiny models: {board['md']} (and .csv, .html, {plots})")
         print("\nThese images come from a tiny pipeline with RANDOM weights (no model can be downloaded here):")
         print("they exercise every code path, not the method. Use --generator/--tokens with real ones for real "
               "images.")

@@ -60,7 +60,8 @@ class Eval(Command):
     def add_arguments(self, p):
         from ..models import model_spec_help
 
-        p.add_argument("--classifier", required=True, help=f"the model under test: {model_spec_help()}")
+        # not required=True in argparse: the deprecated --model may give it
+        p.add_argument("--classifier", default=None, help=f"the model under test (required): {model_spec_help()}")
         deprecated_flag(p, "--model", "--classifier", "classifier")
         p.add_argument("--weights", default=None, help="DEFAULT, an enum/tag name, none, or a checkpoint path")
         p.add_argument("--name", default=None, help="display name (default: spec and weights)")
@@ -71,7 +72,7 @@ class Eval(Command):
         p.add_argument("--restrict", action="store_true", help="predict only among the evaluated classes")
         p.add_argument("--batch-size", type=int, default=64, help="classifier batch size (default: 64)")
         p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
-        deprecated_flag(p, "--workers", "--num-workers", "num_workers")
+        deprecated_flag(p, "--workers", "--num-workers", "num_workers", type=int)
         add_device(p, "the classifier")
         p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
         p.add_argument("--results", default=None, help="write the results JSON here")
@@ -87,8 +88,12 @@ class Eval(Command):
         g.add_argument("--gen-device", default=None, help="device for generation (default: cpu)")
 
     def run(self, args) -> int:
+        from ..errors import SpecError
         from ..evaluate import evaluate
+        from ..models import model_spec_help
 
+        if args.classifier is None:
+            raise SpecError(f"--classifier is required: the model under test, one of {model_spec_help()}")
         data = data_from(args)
         if args.source == "synth":
             data.update({"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,

@@ -61,7 +61,7 @@ class LearnTokens(Command):
         p.add_argument("--max-steps", type=int, default=None,
                        help="training steps per class (default: the preset's); before 0.2 this flag was the "
                             "per-run limit, now --max-steps-this-run")
-        deprecated_flag(p, "--steps", "--max-steps", "max_steps")
+        deprecated_flag(p, "--steps", "--max-steps", "max_steps", type=int)
         p.add_argument("--lr", type=float, default=None)
         p.add_argument("--resolution", type=int, default=None)
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")

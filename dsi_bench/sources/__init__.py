@@ -11,8 +11,12 @@ here, and the contract tests run against it.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ..errors import SpecError, close_matches
+
+if TYPE_CHECKING:
+    from .base import Source
 
 __all__ = ["list_sources", "open_source", "register_source", "source_class"]
 
@@ -25,7 +29,7 @@ _REGISTRY: dict[str, object] = {
 }
 
 
-def register_source(name: str, target=None, *, overwrite: bool = False):
+def register_source(name: str, target=None, *, overwrite: bool = False) -> object:
     """Register a :class:`~dsi_bench.sources.base.Source` under ``name``.
 
     ``target`` is the class or a ``"module:Class"`` string (imported when first used). Without
@@ -51,7 +55,7 @@ def list_sources() -> list[str]:
     return list(_REGISTRY)
 
 
-def source_class(name: str):
+def source_class(name: str) -> type[Source]:
     """The class registered under ``name``.
 
     Raises:
@@ -73,7 +77,7 @@ def sources_taking(option: str) -> list[str]:
 
 
 def open_source(name: str, root=None, shift="base", *, class_list=None, classes=None, per_class=None,
-                masks=False, **options):
+                masks=False, **options) -> Source:
     """Open one shift of a registered source.
 
     Args:

@@ -18,13 +18,18 @@ import abc
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
 from ..classes import ClassList
 from ..errors import MaskError, SpecError
 from ..shifts import Shift, get_shift
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..masks import Masks
 
 __all__ = ["FLAGS", "Entry", "KeepFlags", "SampleStream", "Source"]
 
@@ -116,7 +121,7 @@ class Source(abc.ABC):
         """Every sample of the shift the source holds, in storage order."""
 
     # ------------------------------------------------------------------ masks
-    def resolve_masks(self, masks):
+    def resolve_masks(self, masks) -> Masks | KeepFlags | None:
         """The mask policy: ``None``, :data:`FLAGS` or a :class:`~dsi_bench.masks.Masks`.
 
         ``True`` means the flags recorded with each sample; sources with other masks override.
@@ -155,7 +160,7 @@ class Source(abc.ABC):
 
     # ------------------------------------------------------------------ samples
     @abc.abstractmethod
-    def load_image(self, entry: Entry, draft: int | None = None):
+    def load_image(self, entry: Entry, draft: int | None = None) -> Image.Image:
         """The sample's image as an RGB PIL image (JPEGs decoded at reduced size when ``draft`` is set)."""
 
     def load(self, entries: Sequence[Entry], draft: int | None = None) -> list:

@@ -13,10 +13,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import OfflineError, ShardError
 from ..shifts import TOKEN, Shift, get_shift
 from .base import FLAGS, Source
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["SPLIT", "HubEntry", "HubSet", "HubSource"]
 
@@ -55,10 +59,10 @@ class HubSet:
                                             streaming=streaming, **kwargs)
         except ValueError as e:
             raise ShardError(f"{self.root!r} has no configuration {shift_id!r} ({str(e).splitlines()[0][:200]})") \
-                from None
+                from e
         except (FileNotFoundError, ConnectionError) as e:
             raise OfflineError(f"cannot load {self.root!r} ({type(e).__name__}); offline, pass the folder of a "
-                               "local export or snapshot (hf download --repo-type dataset ...)") from None
+                               "local export or snapshot (hf download --repo-type dataset ...)") from e
         cols = set(self.ds.column_names or [])
         self.image_col = next((c for c in ("image", "png", "jpg", "jpeg", "webp") if c in cols), None)
         self.label_col = "label" if "label" in cols else "cls"
@@ -96,7 +100,7 @@ class HubSet:
             flags = [(json.loads(m) if isinstance(m, str) else (m or {})).get("keep") for m in metas]
         return [HubEntry(k, int(y), f, i) for i, (k, y, f) in enumerate(zip(keys, labels, flags))]
 
-    def load_image(self, row: int):
+    def load_image(self, row: int) -> Image.Image:
         image = self.ds[row][self.image_col]
         return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -126,7 +130,7 @@ class HubSource(Source):
             return Shift(shift, shift, TOKEN, "custom", source="custom")
         return get_shift(shift)
 
-    def entries(self):
+    def entries(self) -> list[HubEntry]:
         return self.store.entries(with_flags=self.masks is FLAGS)
 
     def load_image(self, entry, draft=None):

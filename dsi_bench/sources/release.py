@@ -6,7 +6,15 @@ masks (fetched from the code release); a path reads them from a local ``masks.np
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import Source
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..masks import Masks
+    from ..release import ReleaseEntry
 
 __all__ = ["ReleaseSource"]
 
@@ -29,15 +37,15 @@ class ReleaseSource(Source):
 
         return release_shifts(root)
 
-    def resolve_masks(self, masks):
+    def resolve_masks(self, masks) -> Masks | None:
         from ..masks import resolve_masks
 
         return resolve_masks(masks)  # True: the release's masks, fetched
 
-    def entries(self):
+    def entries(self) -> list[ReleaseEntry]:
         return self.store.entries
 
-    def load_image(self, entry, draft=None):
+    def load_image(self, entry, draft=None) -> Image.Image:
         return self.store.load_image(entry, draft)
 
     def metadata(self, entry) -> dict:

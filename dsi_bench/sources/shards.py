@@ -7,10 +7,16 @@ checked reads). Streaming gives each reader whole shards, read front to back thr
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import ShardError
 from ..shifts import Shift, get_shift
 from .base import Source
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..shards import SampleEntry
 
 __all__ = ["ShardSource"]
 
@@ -51,10 +57,10 @@ class ShardSource(Source):
         self.store.shards(shift.id)  # fails now (naming what the folder holds) on a shift it does not hold
         return shift
 
-    def entries(self):
+    def entries(self) -> list[SampleEntry]:
         return self.store.entries(self.shift.id)
 
-    def load_image(self, entry, draft=None):
+    def load_image(self, entry, draft=None) -> Image.Image:
         return self.store.load_image(entry, draft)
 
     def iter_images(self, entries: Sequence, draft=None) -> Iterator:

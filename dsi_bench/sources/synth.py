@@ -7,9 +7,16 @@ batch of them is one pipeline call, served from the on-disk sample cache where p
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import SpecError
 from .base import Source
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..pipeline import PipelineSpec
+    from ..synthesis import SampleRequest
 
 __all__ = ["SynthSource"]
 
@@ -42,7 +49,7 @@ class SynthSource(Source):
         self.read_batch = spec.batch_size
 
     @property
-    def spec(self):
+    def spec(self) -> PipelineSpec:
         return self.synthesizer.spec
 
     @classmethod
@@ -51,7 +58,7 @@ class SynthSource(Source):
 
         return [s.id for s in list_shifts()]
 
-    def entries(self):
+    def entries(self) -> list[SampleRequest]:
         from ..synthesis import make_requests
 
         return make_requests(self.shift, self.classes, self.per_class, self.seed)
@@ -59,7 +66,7 @@ class SynthSource(Source):
     def load(self, entries, draft=None) -> list:
         return [s.image for s in self.synthesizer.samples(list(entries))]
 
-    def load_image(self, entry, draft=None):
+    def load_image(self, entry, draft=None) -> Image.Image:
         return self.load([entry])[0]
 
     def metadata(self, entry) -> dict:
