@@ -61,7 +61,7 @@ def make_release(root: Path, n_images: int, seed: int = 0) -> tuple[list[str], P
 
 def prepare_shards(work: Path, n_images: int, samples_per_shard: int):
     """The release-style folder (made once per ``work``), its class list, and the converted shards."""
-    from dsi_bench.release import convert_release
+    from dsi_bench.convert import convert_release
     from dsi_bench.testing import fake_imagenet_classes
 
     release = work / "release"

@@ -69,8 +69,8 @@ def hardware_info(device: str) -> dict:
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
             "cpu_count": os.cpu_count()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                           if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor() or platform.machine()
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -187,16 +187,13 @@ def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> 
     if len(legacy_positional) > 2:
         raise TypeError(f"{where}() takes at most 4 positional arguments")
     moved.update(zip(("source", "root"), legacy_positional))
-    if moved:
-        names = ", ".join(moved)
-        deprecated(f"passing {names} to {where}() directly is deprecated; pass them in data={{...}}", stacklevel=4)
-    if data is None:
-        args = {}
-    else:
-        args = dataset_arguments(data)
+    args = {} if data is None else dataset_arguments(data)
     clash = [k for k in moved if k in args]
     if clash:
         raise TypeError(f"{where}() got {clash[0]!r} both in data= and as a deprecated keyword; pass it in data=")
+    if moved:
+        names = ", ".join(moved)
+        deprecated(f"passing {names} to {where}() directly is deprecated; pass them in data={{...}}", stacklevel=4)
     return {**args, **moved}
 
 

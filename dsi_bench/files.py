@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic writes, writability checks, content fingerprints."""
+"""Small file-system helpers: atomic writes, writability checks, hashes, JSON reading, the cache location."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Hugging Face datasets: export a shard folder as a dataset repository, upload it, load it back.
+"""Hugging Face datasets: export a shard folder as a dataset repository and upload it.
+
+Reading a published set back is the ``hub`` source (:mod:`dsi_bench.sources.hub`).
 
 Export layout (what ``--dry-run OUT`` writes and what is uploaded)::
 

@@ -1,5 +1,6 @@
-"""Accuracy with intervals, paired flips and McNemar's test: the statistics of a shifted test set,
-and the metric table (:data:`METRICS`) that results, text tables and leaderboards are built from.
+"""Statistics of a shifted test set (intervals, paired flips, McNemar) and the metric table on top.
+
+The metric table (:data:`METRICS`) is what results, text tables and leaderboards are built from.
 
 * **Intervals.** 95% Wilson score intervals for top-1 (closed form; better coverage than the
   normal approximation near 0 and 1, and never outside [0, 1]).

@@ -1,4 +1,4 @@
-"""WebDataset shards on disk: the layout, the manifest, random access, streaming, verification.
+"""Shard folders on disk: the manifest, a cached tar-offset index, checked random reads, verification.
 
 Layout of a shard folder (written by :mod:`dsi_bench.build`)::
 

@@ -85,6 +85,10 @@ def test_generate_png_matches_the_dataset(tiny_model, tiny_tokens, tmp_path):
     (["eval", "--classifier", "torchvision:resnet5", "--root", "{tmp}"], "Did you mean 'resnet50'"),
     (["eval", "--classifier", "torchvision:resnet18", "--weights", "none", "--root", "{tmp}/nowhere"],
      "does not exist"),
+    (["eval", "--classifier", "torchvision:resnet18", "--root", "{tmp}", "--tokens", "t.zip"],
+     "--tokens applies to --source synth only"),
+    (["eval", "--root", "{tmp}"], "--classifier is required"),
+    (["leaderboard", "{tmp}", "--out", "{tmp}/board", "--sort", "mcnemar_p"], "invalid choice"),
     (["score", "{tmp}/nowhere.csv"], "does not exist"),
     (["leaderboard", "{tmp}", "--out", "{tmp}/board"], "no dsi-bench results files"),
     (["convert", "{tmp}", "--shifts", "base", "--out", "{tmp}/o", "--masks", "{tmp}/m.npy"], "mask file"),
@@ -210,7 +214,7 @@ def test_loader_benchmark_runs(tmp_path):
 
 
 def test_eval_score_leaderboard_commands(tmp_path, capsys):
-    from dsi_bench.release import convert_release
+    from dsi_bench.convert import convert_release
     from dsi_bench.testing import fake_imagenet_classes, make_fake_release
 
     wnids = ("n01440764", "n01443537")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from dsi_bench.convert import convert_release
+from dsi_bench.datasets import ShiftedImageNet
 from dsi_bench.errors import OfflineError, PredictionsError, SpecError
 from dsi_bench.evaluate import evaluate
 from dsi_bench.metrics import wilson_interval
 from dsi_bench.models import ClassMap, load_model
-from dsi_bench.release import convert_release
 from dsi_bench.results import Results
 from dsi_bench.score import score_predictions
 from dsi_bench.testing import FAKE_WNIDS, make_fake_release, oracle_classifier, tiny_classifier
@@ -35,11 +36,11 @@ def shards(release, classes, tmp_path_factory):
     return out
 
 
-def run(model, root, classes, source="imagenet-star", **kw):
+def run(model, root, classes, source="imagenet-star", masks=False, **kw):
     m, t = oracle_classifier() if model == "oracle" else (model, kw.pop("transform", None))
     kw.setdefault("transform", t)
-    return evaluate(m, {"source": source, "root": root, "classes": "0-2", "class_list": classes}, progress=False,
-                    num_workers=0, **kw)
+    data = {"source": source, "root": root, "classes": "0-2", "class_list": classes, "masks": masks}
+    return evaluate(m, data, progress=False, num_workers=0, **kw)
 
 
 def test_oracle_numbers_are_exact(release, classes):
@@ -382,6 +383,18 @@ def test_synthesized_source(tiny_model, tiny_tokens, capsys):
     r = evaluate(module, {"source": "synth", "classes": "0-1", "per_class": 2, "pipeline": spec, "tokens": tiny_tokens,
                           "cache_dir": False}, shifts="base,in the snow", transform=transform, progress=False)
     assert r.shifts["in_the_snow"]["pairs"] == 4 and r.shifts["base"]["n"] == 4
+    # the generator's batch and device live in the data; the classifier's are evaluate's own: no collision
+    both = evaluate(module, {"source": "synth", "classes": "0-1", "per_class": 2, "pipeline": spec,
+                             "tokens": tiny_tokens, "cache_dir": False, "batch_size": 2, "device": "cpu"},
+                    shifts="base", transform=transform, progress=False, batch_size=3, device="cpu")
+    assert both.run["batch_size"] == 3 and both.run["dataset"]["batch_size"] == 2
+    assert both.run["dataset"]["pipeline"]["steps"] == 2 and both.run["dataset"]["tokens"].endswith(".safetensors")
+    # a dataset as the data: its arguments are reused, and its shift (with base for the pairs) is the default
+    ds = ShiftedImageNet("in the snow", classes="0-1", per_class=2, pipeline=spec, tokens=tiny_tokens, cache_dir=False)
+    from_ds = evaluate(module, ds, transform=transform, progress=False)
+    assert list(from_ds.shifts) == ["base", "in_the_snow"]
+    assert from_ds.shifts["in_the_snow"]["top1"] == r.shifts["in_the_snow"]["top1"]
+    assert from_ds["data"]["fingerprint"] == r["data"]["fingerprint"]
     assert main(["eval", "--classifier", "dsi_bench.testing:tiny_classifier", "--source", "synth", "--shifts", "base",
                  "--classes", "0-1", "--per-class", "2", "--generator", str(tiny_model), "--tokens", str(tiny_tokens),
                  "--steps", "2", "-q"]) == 0

@@ -5,10 +5,10 @@ import zipfile
 import numpy as np
 import pytest
 
+from dsi_bench.convert import convert_release, release_shifts
 from dsi_bench.datasets import ShiftedImageNet
 from dsi_bench.errors import MaskError, ReleaseError
 from dsi_bench.masks import PUBLISHED_KEPT, Masks, load_release_masks
-from dsi_bench.release import convert_release, release_shifts
 from dsi_bench.shards import verify_shards
 from dsi_bench.testing import FAKE_WNIDS, make_fake_release
 

@@ -28,7 +28,7 @@ def _png(image) -> bytes:
 
 def test_pixels_do_not_depend_on_batch_size_composition_or_order(tiny_spec, tiny_tokens):
     """The same samples, requested with batch sizes 1 and 8 in shuffled order, give identical bytes."""
-    ds = ShiftedImageNet("in the snow", classes="0-3", per_class=3, model=tiny_spec.model, pipeline=tiny_spec,
+    ds = ShiftedImageNet("in the snow", classes="0-3", per_class=3, generator=tiny_spec.model, pipeline=tiny_spec,
                          tokens=tiny_tokens, cache_dir=False)
     singles = {i: _png(ds[i][0]) for i in range(len(ds))}
     order = list(range(len(ds)))

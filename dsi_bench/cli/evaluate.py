@@ -47,7 +47,7 @@ def report_results(results, path) -> int:
 class Eval(Command):
     name = "eval"
     help = "evaluate a classifier on every shift of a source"
-    description = ("Per shift: n, top-1 with a 95%% Wilson interval, top-5, drop vs base, paired flips vs base "
+    description = ("Per shift: n, top-1 with a 95% Wilson interval, top-5, drop vs base, paired flips vs base "
                    "and McNemar's test, per-class accuracy and the worst classes.")
     examples = """
         dsi-bench eval --classifier torchvision:resnet50 --weights IMAGENET1K_V1 --source shards --root shards/ \\
@@ -86,6 +86,8 @@ class Eval(Command):
         g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's)")
         g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
         g.add_argument("--gen-device", default=None, help="device for generation (default: cpu)")
+        self.generation_defaults = {"generator": DEFAULT_MODEL, "tokens": "imagenet-star", "steps": None, "seed": 0,
+                                    "device": None}
 
     def run(self, args) -> int:
         from ..errors import SpecError
@@ -95,9 +97,15 @@ class Eval(Command):
         if args.classifier is None:
             raise SpecError(f"--classifier is required: the model under test, one of {model_spec_help()}")
         data = data_from(args)
+        generation = {"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
+                      "seed": args.seed, "device": args.gen_device}
         if args.source == "synth":
-            data.update({"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
-                         "seed": args.seed, "device": args.gen_device or "cpu"})
+            data.update({**generation, "device": args.gen_device or "cpu"})
+        else:  # refused, not ignored
+            given = [k for k, v in generation.items() if v != self.generation_defaults[k]]
+            if given:
+                flag = {"device": "gen-device"}.get(given[0], given[0])
+                raise SpecError(f"--{flag} applies to --source synth only (this run reads {args.source!r})")
         results = evaluate(
             args.classifier,
             data,
