@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ClassSpecError, close_matches
+from .memo import on_clear
 
 __all__ = ["ClassInfo", "ClassList", "imagenet_classes", "parse_class_spec"]
 
@@ -174,6 +175,9 @@ def _imagenet_cached(table: str | None) -> ClassList:
         (ClassInfo(i, n, wnids[i] if wnids else None) for i, n in enumerate(names)),
         name="imagenet-1k",
     )
+
+
+on_clear(_imagenet_cached.cache_clear)
 
 
 def imagenet_classes(table: str | os.PathLike | None = None) -> ClassList:

@@ -11,9 +11,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-__all__ = ["Memo", "clear_caches"]
+__all__ = ["Memo", "clear_caches", "on_clear"]
 
 _ALL: list[Memo] = []
+_HOOKS: list[Callable[[], None]] = []
 
 
 class Memo:
@@ -69,7 +70,15 @@ class Memo:
             self._data.clear()
 
 
+def on_clear(hook: Callable[[], None]) -> Callable[[], None]:
+    """Have :func:`clear_caches` also call ``hook`` (for caches kept another way, e.g. ``functools.lru_cache``)."""
+    _HOOKS.append(hook)
+    return hook
+
+
 def clear_caches() -> None:
-    """Forget everything the package cached in this process (pipelines, banks, indexes, ...)."""
+    """Forget everything the package cached in this process (pipelines, banks, indexes, class lists, ...)."""
     for memo in _ALL:
         memo.clear()
+    for hook in _HOOKS:
+        hook()

@@ -169,3 +169,21 @@ def test_a_new_source_is_one_class_and_one_registration(tmp_path, monkeypatch, c
 
     with pytest.raises(SpecError, match="already registered"):
         sources.register_source("folder", object)
+
+
+def test_caches_are_bounded_and_cleared_together(tiny_tokens):
+    from dsi_bench import classes, clip_metric, memo, pipeline, shards, tokens  # noqa: F401 - their caches
+
+    names = {m.name for m in memo._ALL}
+    assert {"model fingerprints", "pipeline bases", "pipelines", "shard indexes", "token banks", "CLIP models"} <= names
+    assert all(m.maxsize > 0 for m in memo._ALL)
+    bank = tokens.load_tokens(tiny_tokens)
+    assert tokens.load_tokens(tiny_tokens) is bank  # read once per process
+    classes.imagenet_classes()
+    memo.clear_caches()
+    assert len(tokens._LOADED) == 0 and classes._imagenet_cached.cache_info().currsize == 0
+    assert tokens.load_tokens(tiny_tokens) is not bank
+    small = memo.Memo("test", 2)
+    for i in range(3):
+        small.put(i, i)
+    assert 0 not in small and len(small) == 2  # least recently used first out
