@@ -66,7 +66,7 @@ class ClipScorer:
             if os.path.exists(os.path.expanduser(self.model_name)):
                 raise ModelLoadError(f"{self.model_name!r} is not a CLIP model folder ({str(e)[:200]})") from e
             raise OfflineError(f"could not load CLIP {self.model_name!r} ({type(e).__name__}); offline, download it "
-                               "(hf download ORG/NAME --local-dir DIR) and pass model=DIR (--clip DIR)") from e
+                               "(hf download ORG/NAME --local-dir DIR) and pass clip=DIR (--clip DIR)") from e
         width = self.model.config.text_config.hidden_size
         self.tokens = None
         self.text_mode = "class names"

@@ -163,8 +163,8 @@ class _Predictor:
         return idx
 
 
-#: ``ShiftedImageNet`` arguments that ``evaluate`` and ``score_predictions`` took directly before 0.2.
-_LEGACY_DATA_KEYS = ("source", "root", "classes", "per_class", "masks", "class_list")
+#: Dataset arguments recorded in ``results["run"]["dataset"]`` even when left at their defaults.
+_RECORDED_DEFAULTS = ("source", "root", "classes", "per_class", "masks", "fast_decode")
 
 
 def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> dict:
@@ -195,6 +195,16 @@ def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> 
         names = ", ".join(moved)
         deprecated(f"passing {names} to {where}() directly is deprecated; pass them in data={{...}}", stacklevel=4)
     return {**args, **moved}
+
+
+def _defaults(names) -> dict:
+    """``ShiftedImageNet``'s defaults of these arguments."""
+    import inspect
+
+    from .datasets import ShiftedImageNet
+
+    params = inspect.signature(ShiftedImageNet).parameters
+    return {n: params[n].default for n in names}
 
 
 def _jsonable(value):
@@ -398,7 +408,7 @@ def evaluate(
                     amp_dtype=str(amp_dtype).replace("torch.", "") if amp else None, channels_last=bool(channels_last),
                     decode="draft" if draft else "full", draft_size=draft, restrict=bool(restrict),
                     class_map=None if class_map is None else class_map.source, world_size=world_size,
-                    dataset=_jsonable(args))
+                    dataset=_jsonable({**_defaults(_RECORDED_DEFAULTS), **args}))
     results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
                             label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k)
     if predictions is not None and rank0:

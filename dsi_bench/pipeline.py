@@ -297,6 +297,12 @@ def check_model(model: str) -> None:
             f"model {model!r} is neither an existing folder nor a Hub id like 'stabilityai/stable-diffusion-2'; "
             "check the path"
         )
+    elif "/" in model and Path(model.split("/")[0]).expanduser().is_dir():
+        # "org/name" is also a Hub id's shape; a local folder named like the org says it is a path
+        raise ModelLoadError(
+            f"model folder {model!r} does not exist (but {model.split('/')[0]!r} is a local folder); check the path, "
+            f"or write ./{model} if you meant a folder and the Hub id elsewhere"
+        )
 
 
 def read_component_config(model: str, revision: str | None, component: str) -> dict | None:
@@ -385,7 +391,7 @@ def _hub_commit(model: str, revision: str | None) -> str:
 def _offline_message(model: str, error: Exception) -> str:
     return (
         f"could not fetch model {model!r} from the Hugging Face Hub ({type(error).__name__}); where you are "
-        f"online run `hf download {model} --local-dir DIR`, then pass the folder (model=DIR / --model DIR)"
+        f"online run `hf download {model} --local-dir DIR`, then pass the folder (generator=DIR / --generator DIR)"
     )
 
 

@@ -68,6 +68,7 @@ def test_oracle_numbers_are_exact(release, classes):
     assert cfg["decode"] == "full" and cfg["draft_size"] is None  # the oracle's ToTensor does not shrink
     assert cfg["dataset"]["source"] == "imagenet-star" and cfg["dataset"]["classes"] == "0-2"
     assert cfg["dataset"]["class_list"] == {"class_list": "imagenet", "classes": 1000}
+    assert cfg["dataset"]["masks"] is False and cfg["dataset"]["fast_decode"] is True  # defaults recorded too
     assert r["schema_version"] == 2
     assert r["data"]["source"] == "imagenet-star" and r["data"]["fingerprint"]
     assert r["model"]["name"] == "Oracle" and r["hardware"]["device"] == "cpu"

@@ -119,3 +119,14 @@ def test_broken_model_folder_is_a_clear_error(tiny_model, tmp_path):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
     with pytest.raises(ModelLoadError, match="could not load .* as a Stable Diffusion pipeline"):
         load_pipeline(PipelineSpec(model=str(broken)))
+
+
+def test_a_missing_folder_shaped_like_a_hub_id_is_named_as_a_folder(tmp_path, monkeypatch):
+    from dsi_bench.errors import ModelLoadError
+    from dsi_bench.pipeline import check_model
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="model folder 'models/nope' does not exist"):
+        check_model("models/nope")
+    check_model("stabilityai/stable-diffusion-2")  # a Hub id whose org is no local folder stays a Hub id

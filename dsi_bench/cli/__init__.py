@@ -65,8 +65,10 @@ def _quiet_libraries() -> None:
     """Keep library chatter (weight-loading bars, resize notices) out of the CLI's output."""
     try:
         import diffusers
+        import huggingface_hub
         import transformers
 
+        huggingface_hub.utils.logging.set_verbosity_error()  # its retry warnings, once through our handler too
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()

@@ -198,8 +198,8 @@ class Source(abc.ABC):
         return [list(range(s, min(s + self.read_batch, hi))) for s in range(lo, hi, self.read_batch)]
 
     def describe(self) -> list[str]:
-        """Lines for the dataset's ``repr``."""
-        return [f"Root: {self.root}"]
+        """Lines for the dataset's ``repr`` beyond shift, source, classes, masks and root."""
+        return []
 
 
 class SampleStream(torch.utils.data.IterableDataset):
