@@ -13,6 +13,7 @@ the same key (and, for PNG shards, the same pixels) wherever it comes from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from .validate import check_non_negative_int, check_positive_int
 if TYPE_CHECKING:
     from .synthesis import SampleRequest, Synthesizer
 
-__all__ = ["SOURCES", "ShiftedImageNet", "dataset_arguments"]
+__all__ = ["SOURCES", "ShiftedImageNet", "argument_defaults", "dataset_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -293,10 +294,22 @@ class ShiftedImageNet(VisionDataset):
         return "\n".join(lines + self.backend.describe())
 
 
-def _is_default(name: str, value) -> bool:
+def argument_defaults() -> dict:
+    """``ShiftedImageNet``'s data arguments and their defaults (everything but the shift, transforms and
+    the deprecated ``model``): the keys ``data=`` dicts may use."""
+    return dict(_argument_defaults())
+
+
+@functools.cache
+def _argument_defaults() -> dict:
     import inspect
 
-    default = inspect.signature(ShiftedImageNet.__init__).parameters[name].default
+    skip = ("self", "shift", "transform", "target_transform", "model")
+    return {n: p.default for n, p in inspect.signature(ShiftedImageNet.__init__).parameters.items() if n not in skip}
+
+
+def _is_default(name: str, value) -> bool:
+    default = _argument_defaults()[name]
     return value is default or (isinstance(value, (str, int, float, type(None))) and value == default)
 
 
@@ -306,8 +319,6 @@ def dataset_arguments(data) -> dict:
     Raises:
         SpecError: a mapping key that is not a ``ShiftedImageNet`` argument (with close matches).
     """
-    import inspect
-
     from .errors import close_matches
 
     if isinstance(data, ShiftedImageNet):
@@ -315,8 +326,7 @@ def dataset_arguments(data) -> dict:
     if not isinstance(data, Mapping):
         raise SpecError(f"data={data!r} must be a ShiftedImageNet or a dict of its arguments, e.g. "
                         "{'source': 'shards', 'root': 'shards/'}")
-    allowed = [p for p in inspect.signature(ShiftedImageNet).parameters
-               if p not in ("shift", "transform", "target_transform", "model")]
+    allowed = list(argument_defaults())
     for key in data:
         if key not in allowed:
             raise SpecError(f"data has {key!r}, which is not a ShiftedImageNet argument." + close_matches(key, allowed)

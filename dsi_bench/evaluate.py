@@ -177,12 +177,10 @@ def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> 
         TypeError: too many positional arguments, or the same argument given twice.
         SpecError: a key that is not a ``ShiftedImageNet`` argument.
     """
-    import inspect
-
     from .compat import deprecated
-    from .datasets import ShiftedImageNet, dataset_arguments
+    from .datasets import argument_defaults, dataset_arguments
 
-    dataset_params = set(inspect.signature(ShiftedImageNet).parameters) - {"shift", "transform", "target_transform"}
+    dataset_params = set(argument_defaults())
     moved = {k: legacy.pop(k) for k in list(legacy) if k in dataset_params}
     if len(legacy_positional) > 2:
         raise TypeError(f"{where}() takes at most 4 positional arguments")
@@ -195,16 +193,6 @@ def data_arguments(data, legacy_positional: tuple, legacy: dict, where: str) -> 
         names = ", ".join(moved)
         deprecated(f"passing {names} to {where}() directly is deprecated; pass them in data={{...}}", stacklevel=4)
     return {**args, **moved}
-
-
-def _defaults(names) -> dict:
-    """``ShiftedImageNet``'s defaults of these arguments."""
-    import inspect
-
-    from .datasets import ShiftedImageNet
-
-    params = inspect.signature(ShiftedImageNet).parameters
-    return {n: params[n].default for n in names}
 
 
 def _jsonable(value):
@@ -293,7 +281,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from .compat import deprecated, reject_unknown, renamed
-    from .datasets import ShiftedImageNet
+    from .datasets import ShiftedImageNet, argument_defaults
     from .dist import World, init_process_group
     from .pipeline import resolve_device
     from .results import RunConfig
@@ -404,11 +392,12 @@ def evaluate(
         "restricted_to_evaluated_classes": bool(restrict),
         "amp": bool(amp),
     }
+    defaults = argument_defaults()
     run = RunConfig(batch_size=batch_size, num_workers=num_workers, device=device, amp=bool(amp),
                     amp_dtype=str(amp_dtype).replace("torch.", "") if amp else None, channels_last=bool(channels_last),
                     decode="draft" if draft else "full", draft_size=draft, restrict=bool(restrict),
                     class_map=None if class_map is None else class_map.source, world_size=world_size,
-                    dataset=_jsonable({**_defaults(_RECORDED_DEFAULTS), **args}))
+                    dataset=_jsonable({**{k: defaults[k] for k in _RECORDED_DEFAULTS}, **args}))
     results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
                             label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k)
     if predictions is not None and rank0:

@@ -465,13 +465,17 @@ def load_components(pipeline: PipelineSpec) -> Components:
     Raises:
         ModelLoadError, OfflineError, SpecError.
     """
+    import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    base = _load_base(pipeline)
-    # Cast after loading: transformers renamed its dtype argument across versions.
-    text_encoder = _from_pretrained(CLIPTextModel, pipeline, subfolder="text_encoder").to(
-        pipeline.device, pipeline.torch_dtype)
-    tokenizer = _from_pretrained(CLIPTokenizer, pipeline, subfolder="tokenizer")
+    # Loaded inside a caller's torch.inference_mode() (an evaluation generating on the fly), the weights
+    # would be inference tensors, and the shared UNet/VAE could never be trained through later.
+    with torch.inference_mode(False):
+        base = _load_base(pipeline)
+        # Cast after loading: transformers renamed its dtype argument across versions.
+        text_encoder = _from_pretrained(CLIPTextModel, pipeline, subfolder="text_encoder").to(
+            pipeline.device, pipeline.torch_dtype)
+        tokenizer = _from_pretrained(CLIPTokenizer, pipeline, subfolder="tokenizer")
     others = {k: v for k, v in base.items() if k not in ("unet", "vae", "scheduler")}
     return Components(base["unet"], base["vae"], base["scheduler"], text_encoder, tokenizer, others)
 

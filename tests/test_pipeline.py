@@ -130,3 +130,19 @@ def test_a_missing_folder_shaped_like_a_hub_id_is_named_as_a_folder(tmp_path, mo
     with pytest.raises(ModelLoadError, match="model folder 'models/nope' does not exist"):
         check_model("models/nope")
     check_model("stabilityai/stable-diffusion-2")  # a Hub id whose org is no local folder stays a Hub id
+
+
+def test_weights_loaded_under_inference_mode_can_still_be_trained_through(tiny_spec):
+    """An evaluation that generates on the fly loads the pipeline inside torch.inference_mode(); token
+    learning later shares the same UNet and must be able to backpropagate through it."""
+    import torch
+
+    from dsi_bench.pipeline import clear_pipeline_cache, load_components
+
+    clear_pipeline_cache()
+    with torch.inference_mode():
+        load_pipeline(tiny_spec)
+    parts = load_components(tiny_spec)
+    assert not any(p.is_inference() for p in parts.unet.parameters())
+    assert not any(p.is_inference() for p in parts.text_encoder.parameters())
+    clear_pipeline_cache()
