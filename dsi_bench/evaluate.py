@@ -304,7 +304,8 @@ def evaluate(
     check_positive_int(batch_size, "batch_size", example=64)
     if num_workers is not None:
         check_non_negative_int(num_workers, "num_workers")
-    source, root = args.get("source", "synth"), args.get("root")
+    defaults = argument_defaults()
+    source, root = args.get("source", defaults["source"]), args.get("root")
     loaded: LoadedModel = load_model(classifier, weights, transform)
     class_list = args.get("class_list") or imagenet_classes()
     if class_map is not None and not isinstance(class_map, ClassMap):
@@ -392,7 +393,6 @@ def evaluate(
         "restricted_to_evaluated_classes": bool(restrict),
         "amp": bool(amp),
     }
-    defaults = argument_defaults()
     run = RunConfig(batch_size=batch_size, num_workers=num_workers, device=device, amp=bool(amp),
                     amp_dtype=str(amp_dtype).replace("torch.", "") if amp else None, channels_last=bool(channels_last),
                     decode="draft" if draft else "full", draft_size=draft, restrict=bool(restrict),

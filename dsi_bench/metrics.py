@@ -225,14 +225,9 @@ _UNPAIRED = {"pairs": None, "flips": None, "reverse_flips": None, "flip_rate": N
              "paired_base_top1": None, "paired_top1": None, "mcnemar_p": None}
 
 
-def _paired(field: str) -> Callable[[ShiftContext], dict]:
-    def compute(ctx: ShiftContext) -> dict:
-        if ctx.base is None:
-            return dict(_UNPAIRED)
-        return dict(ctx.flips)
-
-    compute.__name__ = f"_paired_{field}"
-    return compute
+def _paired(ctx: ShiftContext) -> dict:
+    """Every paired statistic at once (computed once per shift, see :attr:`ShiftContext.flips`)."""
+    return dict(_UNPAIRED) if ctx.base is None else dict(ctx.flips)
 
 
 for _metric in (
@@ -240,11 +235,11 @@ for _metric in (
     Metric("top1", "top-1", "pct", True, False, False, _top1, "top-1 accuracy", interval="top1_ci"),
     Metric("top5", "top-5", "pct", True, False, False, _top5, "top-5 accuracy"),
     Metric("drop_vs_base", "drop", "pct", False, False, True, _drop, "base top-1 minus this shift's top-1"),
-    Metric("flip_rate", "flip", "pct", False, True, True, _paired("flip_rate"),
+    Metric("flip_rate", "flip", "pct", False, True, True, _paired,
            "P(base twin right, shifted sample wrong)"),
-    Metric("reverse_flip_rate", "rev.flip", "pct", None, True, True, _paired("reverse_flip_rate"),
+    Metric("reverse_flip_rate", "rev.flip", "pct", None, True, True, _paired,
            "P(base twin wrong, shifted sample right)"),
-    Metric("mcnemar_p", "McNemar p", "p", None, True, True, _paired("mcnemar_p"),
+    Metric("mcnemar_p", "McNemar p", "p", None, True, True, _paired,
            "McNemar's exact two-sided test on the discordant pairs"),
 ):
     register_metric(_metric)

@@ -329,8 +329,10 @@ class ShardSet:
             raise ShardError(f"shard {shard} ended early while reading a sample; it is truncated: rebuild it")
         return blob
 
-    def load_image(self, entry: SampleEntry, draft: int | None = None) -> Image.Image:
-        data = self.read_member(entry.shard, entry.image_offset, entry.image_size, f"{entry.key}.{entry.image_ext}")
+    def load_image(self, entry: SampleEntry, draft: int | None = None, f=None) -> Image.Image:
+        """The sample's image, its tar header checked first; ``f``: an open handle on its shard to read from."""
+        data = self.read_member(entry.shard, entry.image_offset, entry.image_size, f"{entry.key}.{entry.image_ext}",
+                                f=f)
         try:
             return decode_image(data, draft)
         except Exception as e:  # noqa: BLE001 - PIL raises many types

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import ShardError
 from ..shifts import Shift, get_shift
 from .base import Source
 
@@ -65,8 +64,6 @@ class ShardSource(Source):
 
     def iter_images(self, entries: Sequence, draft=None) -> Iterator:
         """Images in order; each shard is opened once and read front to back."""
-        from ..images import decode_error, decode_image
-
         handle, shard = None, None
         try:
             for e in entries:
@@ -74,14 +71,7 @@ class ShardSource(Source):
                     if handle is not None:
                         handle.close()
                     handle, shard = self.store.root.open(e.shard), e.shard
-                data = self.store.read_member(e.shard, e.image_offset, e.image_size, f"{e.key}.{e.image_ext}",
-                                              f=handle)
-                try:
-                    image = decode_image(data, draft)
-                except Exception as exc:  # noqa: BLE001 - PIL raises many types
-                    raise ShardError(f"shard {e.shard}: image of {e.key!r} does not decode "
-                                     f"({decode_error(exc)}); rebuild it") from exc
-                yield image
+                yield self.store.load_image(e, draft, f=handle)
         finally:
             if handle is not None:
                 handle.close()
