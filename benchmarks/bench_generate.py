@@ -56,7 +56,6 @@ def reference_loop(loaded, requests, synth, spec) -> float:
     """The release's loop: one prompt per call, Euler, generator per prompt, resize after."""
     import torch
     from diffusers import EulerDiscreteScheduler
-    from PIL import Image
 
     pipe = loaded.pipe
     pipe.scheduler = EulerDiscreteScheduler.from_config(loaded.scheduler_config)
@@ -68,7 +67,7 @@ def reference_loop(loaded, requests, synth, spec) -> float:
         image = pipe(synth.prompt(r), num_inference_steps=spec.num_steps, guidance_scale=spec.guidance_scale,
                      height=size, width=size, generator=generator).images[0]
         if spec.out_size:
-            image = image.resize((spec.out_size, spec.out_size), Image.Resampling.LANCZOS)
+            image = image.resize((spec.out_size, spec.out_size))  # PIL default (bicubic), as the original
     _sync(spec.device)
     return time.perf_counter() - start
 

@@ -1,6 +1,10 @@
-"""Image bytes: encoding generated samples, and decoding stored ones fast.
+"""Image bytes: resizing and encoding generated samples, and decoding stored ones.
 
-Decoding. Evaluation transforms usually shrink a 512 px image to 256 px before cropping
+Resizing. Generated images are resized to the output size (768 -> 512 px for SD2) with
+:data:`RESIZE_FILTER`, PIL's default filter for ``Image.resize`` (bicubic), as the original does.
+
+Decoding. Full decoding is the default everywhere. Opt-in draft decoding (``fast_decode``):
+evaluation transforms usually shrink a 512 px image to 256 px before cropping
 224 px. libjpeg can decode a JPEG directly at 1/2, 1/4 or 1/8 scale ("draft mode"), which
 skips most of the inverse DCT work; :func:`decode_image` asks for the smallest scale that
 still leaves the shorter edge at least as long as the transform's first resize, so the
@@ -18,13 +22,25 @@ from .errors import SpecError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "check_image_options", "decode_error", "decode_image", "draft_size",
-           "encode_image"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "RESIZE_FILTER", "check_image_options", "decode_error", "decode_image",
+           "draft_size", "encode_image", "resize_image"]
 
 #: File extensions read as images, with their PIL format names.
 IMAGE_EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 #: Formats generated samples are written in: ``png`` (lossless) or ``jpg`` (with a quality).
 IMAGE_FORMATS = ("png", "jpg")
+#: The filter generated images are resized with: PIL's default for ``Image.resize`` (the original's).
+#: Recorded in every sample's settings (and so its cache key); until 0.2 it was ``"lanczos"``.
+RESIZE_FILTER = "bicubic"
+
+
+def resize_image(image: Image.Image, size: int) -> Image.Image:
+    """``image`` resized to ``size`` x ``size`` px with :data:`RESIZE_FILTER` (unchanged when already that size)."""
+    from PIL import Image
+
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling[RESIZE_FILTER.upper()])
 
 
 def check_image_options(image_format: str, quality: int) -> None:

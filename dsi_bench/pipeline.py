@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ModelLoadError, OfflineError, SpecError, close_matches
+from .images import RESIZE_FILTER
 from .memo import Memo
 from .validate import check_positive_int
 
@@ -138,7 +139,8 @@ class PipelineSpec:
         steps: denoising steps; ``None`` = the sampler's default (50 for ``euler``).
         guidance_scale: classifier-free guidance weight.
         gen_size: generation resolution in px; ``None`` = the model's native size (768 for SD2).
-        out_size: final image size in px (Lanczos resize); ``None`` or 0 = keep ``gen_size``.
+        out_size: final image size in px (PIL's default resize filter, bicubic, as the original);
+            ``None`` or 0 = keep ``gen_size``.
         negative_prompt: the unconditional prompt; ``None`` = empty (the reference's).
         batch_size: samples per denoiser call. Requests are always run in calls of exactly
             this many (the last call padded with repeats) because matrix kernels round
@@ -246,7 +248,7 @@ class PipelineSpec:
             "guidance_scale": float(self.guidance_scale),
             "gen_size": self.gen_size,
             "out_size": self.out_size,
-            "resize": "lanczos",
+            "resize": RESIZE_FILTER,
             "negative_prompt": self.negative_prompt,
             "batch_size": self.batch_size,
             "device": self.device_type,

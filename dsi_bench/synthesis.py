@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .cache import SampleCache
 from .classes import ClassList
 from .errors import TokenBankError
+from .images import resize_image
 from .layout import sample_key
 from .pipeline import PipelineSpec, load_pipeline, model_fingerprint, read_component_config
 from .shifts import Shift, get_shift
@@ -263,10 +264,8 @@ class Synthesizer:
             flags = result.nsfw_content_detected
             for i, request in enumerate(chunk):
                 image = result.images[i]
-                if spec.out_size and spec.out_size != image.size[0]:
-                    from PIL import Image
-
-                    image = image.resize((spec.out_size, spec.out_size), Image.Resampling.LANCZOS)
+                if spec.out_size:
+                    image = resize_image(image, spec.out_size)
                 meta = self.metadata(request)
                 meta["nsfw"] = None if flags is None else bool(flags[i])
                 out.append(GeneratedSample(request, image, meta))
