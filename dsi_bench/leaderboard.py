@@ -3,14 +3,18 @@
 Results are ranked by one metric of :data:`~dsi_bench.metrics.METRICS` (``sort``, default
 ``top1``): its mean over the shifts other than base (``summary.metrics[sort].mean``), in the
 metric's direction, with its base value and worst shift beside it and its per-shift values.
-Results computed on different data (different ``data.fingerprint``) are never averaged or
-ranked together: each group gets its own table, and every group but the largest is flagged.
+Results computed on different data (``data.fingerprint``), with different masks or with different
+JPEG decoding (``run.decode``; unknown for scored predictions) are never averaged or ranked
+together: each group gets its own table, titled with its data, fingerprint, masks and decode mode
+in full, and every group but the largest is flagged. Equal means share a rank.
 Results files are read through :meth:`~dsi_bench.results.Results.load` (older schema versions
 are upgraded; unreadable ones are refused by name).
 
-Plots (PNG, matplotlib): per model, per-shift top-1 with 95% intervals; a models x shifts
-heatmap; and an effective-robustness scatter (base vs mean shifted top-1 on logit axes, with
-a least-squares line across models, also in logit space).
+Plots (PNG, matplotlib), per group: per result, the per-shift metric with 95% intervals (one file
+per result, also when model names repeat); a models x shifts heatmap; and an effective-robustness
+scatter (base vs mean shifted top-1 on logit axes, with a least-squares line across models, also in
+logit space; 0% and 100% are drawn inside the axes, labels of nearby points are moved apart).
+The HTML page shows the intervals beside each value and embeds the plots.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from .errors import OptionalDependencyError, SpecError
 from .files import atomic_write
 from .metrics import METRICS, Metric, rankable_metrics
-from .results import Results
+from .results import Results, describe_data
 
 __all__ = ["load_results", "make_leaderboard"]
 
@@ -66,13 +70,19 @@ def _slug(text: str) -> str:
 
 
 def _cell(metric: Metric, v) -> str:
-    return "–" if v is None else metric.format(v)
+    return metric.format(v)  # "-" when not measured
+
+
+def _group_key(r: Results) -> tuple[str, str, str]:
+    """What must be equal for results to be ranked together: data fingerprint, masks, decode mode."""
+    d = describe_data(r.data)
+    return d["fingerprint"], d["masks"], d["decode"]
 
 
 def _groups(loaded: list[tuple[str, Results]], metric: Metric) -> list[list[tuple[str, Results]]]:
-    groups: dict[str, list] = {}
+    groups: dict[tuple, list] = {}
     for p, r in loaded:
-        groups.setdefault(str(r["data"].get("fingerprint")), []).append((p, r))
+        groups.setdefault(_group_key(r), []).append((p, r))
     ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0][0]))
     sign = 1 if metric.higher_is_better else -1
 
@@ -83,9 +93,19 @@ def _groups(loaded: list[tuple[str, Results]], metric: Metric) -> list[list[tupl
     return [sorted(g, key=key) for g in ordered]
 
 
+def _ranks(means: list[float | None], higher_is_better: bool) -> list[int | None]:
+    """Competition ranks ("1, 1, 3"): equal means share a rank; no mean, no rank."""
+    sign = 1 if higher_is_better else -1
+    known = [sign * m for m in means if m is not None]
+    return [None if m is None else 1 + sum(1 for k in known if k > sign * m and not math.isclose(k, sign * m,
+                                                                                                rel_tol=1e-12))
+            for m in means]
+
+
 def _rows(group, shifts: list[str], metric: Metric) -> list[dict]:
     rows = []
-    for rank, (path, r) in enumerate(group, start=1):
+    means = [r["summary"]["metrics"][metric.name]["mean"] for _, r in group]
+    for rank, (path, r) in zip(_ranks(means, metric.higher_is_better), group):
         m = r["summary"]["metrics"][metric.name]
         row = {
             "rank": rank,
@@ -99,6 +119,7 @@ def _rows(group, shifts: list[str], metric: Metric) -> list[dict]:
         }
         for sh in shifts:
             row[sh] = r.shifts.get(sh, {}).get(metric.name)
+            row[("ci", sh)] = r.shifts.get(sh, {}).get(metric.interval) if metric.interval else None
         rows.append(row)
     return rows
 
@@ -132,8 +153,9 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
     better = "higher" if metric.higher_is_better else "lower"
 
     md = ["# dsi-bench leaderboard", "",
-          f"{what} per shift; ranked by the mean over the shifts other than base ({better} is better). "
-          "Results on different data are listed separately and not ranked together.", ""]
+          f"{what} per shift; ranked by the mean over the shifts other than base ({better} is better; equal means "
+          "share a rank). Results on different data, masks or JPEG decoding are listed separately and not ranked "
+          "together.", ""]
     csv_buf = io.StringIO()
     writer = csv.writer(csv_buf, lineterminator="\n")
     name = metric.name
@@ -141,12 +163,16 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
               "shifts_evaluated", *shifts, "data_fingerprint", "file"]
     writer.writerow(header)
     html_tables = []
+    plot_names = _plot_names(groups) if plots else {}
+    group_plots: list[list[Path]] = []
     for gi, group in enumerate(groups):
         fingerprint = group[0][1]["data"].get("fingerprint")
-        source = group[0][1]["data"].get("source")
+        about = describe_data(group[0][1].data)
         rows = _rows(group, shifts, metric)
-        title = "Main comparison" if gi == 0 else f"Group {gi + 1}: different data (not comparable with the above)"
-        md += [f"## {title}", "", f"Data: {source}, fingerprint `{str(fingerprint)[:24]}`", ""]
+        title = ("Main comparison" if gi == 0 else
+                 f"Group {gi + 1}: different data, masks or decoding (not comparable with the above)")
+        md += [f"## {title}", "", f"- Data: {about['data']}", f"- Fingerprint: `{about['fingerprint']}`",
+               f"- Masks: {about['masks']}", f"- JPEG decoding: {about['decode']}", ""]
         if len({r["shifts_evaluated"] for r in rows}) > 1:
             md += ["Note: these models were evaluated on different sets of shifts; their means cover different "
                    "shifts.", ""]
@@ -156,23 +182,44 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
         md.append("|" + "|".join("---" for _ in cols) + "|")
         for r in rows:
             worst = f"{r['worst_shift']} ({_cell(metric, r['worst'])})" if r["worst_shift"] else "–"
-            md.append("| " + " | ".join([str(r["rank"]), r["model"].replace("|", "\\|"), _cell(metric, r["mean"]),
+            md.append("| " + " | ".join([_rank(r["rank"]), r["model"].replace("|", "\\|"), _cell(metric, r["mean"]),
                                          _cell(metric, r["base"]), worst, *[_cell(metric, r[s]) for s in shown]])
                       + " |")
             writer.writerow([gi + 1, r["rank"], r["model"], r["mean"], r["base"], r["worst_shift"],
                              r["worst"], r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, r["file"]])
         md.append("")
-        html_tables.append(_html_table(title, source, fingerprint, rows, shifts, gi, metric))
-    paths = {"md": atomic_write(out / "leaderboard.md", "\n".join(md).encode()),
-             "csv": atomic_write(out / "leaderboard.csv", csv_buf.getvalue().encode()),
-             "html": atomic_write(out / "leaderboard.html", _html_page(html_tables, what).encode()),
-             "plots": [], "groups": len(groups)}
-    if plots:
-        paths["plots"] = _plots(groups[0], shifts, out / "plots", metric)
-    return paths
+        written = _plots(group, shifts, out / "plots", metric, plot_names, gi) if plots else []
+        group_plots.append(written)
+        html_tables.append(_html_table(title, about, rows, shifts, gi, metric, written))
+    return {"md": atomic_write(out / "leaderboard.md", "\n".join(md).encode()),
+            "csv": atomic_write(out / "leaderboard.csv", csv_buf.getvalue().encode()),
+            "html": atomic_write(out / "leaderboard.html", _html_page(html_tables, what).encode()),
+            "plots": [p for g in group_plots for p in g], "groups": len(groups)}
 
 
-def _html_table(title, source, fingerprint, rows, shifts, gi, metric: Metric) -> str:
+def _rank(rank: int | None) -> str:
+    return "-" if rank is None else str(rank)
+
+
+def _plot_names(groups) -> dict[str, str]:
+    """A distinct per-result plot file name for every results path (model names may repeat)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for group in groups:
+        for path, r in group:
+            stem = _slug(r["model"]["name"])
+            name, n = stem, 1
+            if name in taken:
+                name = f"{stem}_{_slug(Path(path).stem)}"
+            while name in taken:
+                n += 1
+                name = f"{stem}_{n}"
+            taken.add(name)
+            names[path] = f"{name}_shifts.png"
+    return names
+
+
+def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: list[Path]) -> str:
     cols = [("#", "rank"), ("model", "model"), ("mean", "mean"), ("base", "base"),
             ("worst shift", "worst_shift"), ("worst", "worst")] + [(s, s) for s in shifts if s != "base"]
     head = "".join(f'<th onclick="sortTable({gi},{i})">{html.escape(c)}</th>' for i, (c, _) in enumerate(cols))
@@ -181,16 +228,26 @@ def _html_table(title, source, fingerprint, rows, shifts, gi, metric: Metric) ->
         cells = []
         for _, key in cols:
             v = r[key]
+            ci = r.get(("ci", key))  # per-shift values (base included) carry their interval
             if isinstance(v, float):
-                cells.append(f'<td data-v="{v:.6f}">{_cell(metric, v)}</td>')
+                interval = ""
+                if ci:
+                    interval = f'<br><small class="ci">[{_cell(metric, ci[0])}, {_cell(metric, ci[1])}]</small>'
+                cells.append(f'<td data-v="{v:.6f}">{_cell(metric, v)}{interval}</td>')
             elif v is None:
-                cells.append('<td data-v="-1">–</td>')
+                cells.append('<td data-v="-1">-</td>')
             else:
                 cells.append(f'<td data-v="{html.escape(str(v))}">{html.escape(str(v))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<h2>{html.escape(title)}</h2><p>Data: {html.escape(str(source))}, fingerprint "
-            f"<code>{html.escape(str(fingerprint)[:24])}</code></p>"
-            f'<table id="t{gi}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    about_html = "".join(f"<li>{label}: {html.escape(about[key])}</li>" for label, key in
+                         (("Data", "data"), ("Fingerprint", "fingerprint"), ("Masks", "masks"),
+                          ("JPEG decoding", "decode")))
+    note = ("<p>Each value with its 95% Wilson interval below it.</p>" if metric.interval else "")
+    figures = "".join(f'<figure><img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
+                      f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in plots)
+    return (f"<h2>{html.escape(title)}</h2><ul>{about_html}</ul>{note}"
+            f'<table id="t{gi}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            + (f'<div class="plots">{figures}</div>' if figures else ""))
 
 
 def _html_page(tables: list[str], what: str) -> str:
@@ -207,13 +264,14 @@ function sortTable(t, c) {
   table.dataset.col = c; table.dataset.dir = asc ? 'asc' : 'desc';
 }"""
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
-             "padding:4px 8px;text-align:right}th{cursor:pointer;background:#f4f4f4}td:nth-child(2){text-align:left}")
+             "padding:4px 8px;text-align:right}th{cursor:pointer;background:#f4f4f4}td:nth-child(2){text-align:left}"
+             ".ci{color:#666}.plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:1em 0}img{max-width:100%}")
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>dsi-bench leaderboard</title>"
             f"<style>{style}</style><script>{script}</script></head><body><h1>dsi-bench leaderboard</h1>"
             f"<p>{html.escape(what)} per shift. Click a column to sort.</p>" + "".join(tables) + "</body></html>\n")
 
 
-def _plots(group, shifts: list[str], folder: Path, metric: Metric) -> list[Path]:
+def _plots(group, shifts: list[str], folder: Path, metric: Metric, names: dict[str, str], gi: int) -> list[Path]:
     try:
         import matplotlib
 
@@ -225,6 +283,7 @@ def _plots(group, shifts: list[str], folder: Path, metric: Metric) -> list[Path]
                                       "(or pass plots=False / --no-plots)") from cause
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    suffix = "" if gi == 0 else f"_group{gi + 1}"
 
     def save(fig, name):
         buf = io.BytesIO()
@@ -234,22 +293,8 @@ def _plots(group, shifts: list[str], folder: Path, metric: Metric) -> list[Path]
 
     name, scale = metric.name, (100 if metric.fmt == "pct" else 1)
     unit = f"{metric.label} (%)" if metric.fmt == "pct" else metric.label
-    for _, r in group:
-        names = [s for s in shifts if s in r.shifts and r.shifts[s].get(name) is not None]
-        vals = np.array([r.shifts[s][name] for s in names])
-        error = None
-        if metric.interval:
-            lo = np.clip(vals - np.array([r.shifts[s][metric.interval][0] for s in names]), 0, None)
-            hi = np.clip(np.array([r.shifts[s][metric.interval][1] for s in names]) - vals, 0, None)
-            error = scale * np.vstack([lo, hi])
-        fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 1.5), 3.5))
-        ax.bar(range(len(names)), scale * vals, yerr=error, capsize=2, color="#4c72b0")
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel(unit + (", 95% CI" if metric.interval else ""))
-        if metric.fmt == "pct":
-            ax.set_ylim(min(0, scale * float(vals.min(initial=0))), 100)
-        ax.set_title(r["model"]["name"], fontsize=10)
-        save(fig, f"{_slug(r['model']['name'])}_shifts.png")
+    for path, r in group:
+        save(_shift_figure(r, shifts, metric), names[path].replace("_shifts.png", f"{suffix}_shifts.png"))
 
     models = [r["model"]["name"] for _, r in group]
     grid = np.array([[np.nan if r.shifts.get(s, {}).get(name) is None else scale * r.shifts[s][name]
@@ -260,30 +305,95 @@ def _plots(group, shifts: list[str], folder: Path, metric: Metric) -> list[Path]
     ax.set_xticks(range(len(shifts)), shifts, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(models)), models, fontsize=8)
     fig.colorbar(im, ax=ax, label=unit)
-    save(fig, "heatmap.png")
-
-    def logit(p):
-        p = min(max(p, 1e-4), 1 - 1e-4)
-        return math.log(p / (1 - p))
+    save(fig, f"heatmap{suffix}.png")
 
     pts = [(r["summary"]["base_top1"], r["summary"]["mean_top1"], r["model"]["name"]) for _, r in group
            if r["summary"]["base_top1"] is not None and r["summary"]["mean_top1"] is not None]
+    fig = _robustness_figure(pts)
+    save(fig, f"effective_robustness{suffix}.png")
+    return written
+
+
+def _shift_figure(r: Results, shifts: list[str], metric: Metric):
+    """One result's per-shift values with their 95% intervals, as points (0% and 100% inside the frame)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    name, scale = metric.name, (100 if metric.fmt == "pct" else 1)
+    unit = f"{metric.label} (%)" if metric.fmt == "pct" else metric.label
+    shown = [s for s in shifts if s in r.shifts and r.shifts[s].get(name) is not None]
+    vals = np.array([r.shifts[s][name] for s in shown], dtype=float)
+    error = None
+    if metric.interval:
+        lo = np.clip(vals - np.array([r.shifts[s][metric.interval][0] for s in shown]), 0, None)
+        hi = np.clip(np.array([r.shifts[s][metric.interval][1] for s in shown]) - vals, 0, None)
+        error = scale * np.vstack([lo, hi])
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(shown) + 1.5), 3.5))
+    # points with error bars, not bars: a 0% value is a visible point, and 0%/100% sit inside the frame
+    ax.errorbar(range(len(shown)), scale * vals, yerr=error, fmt="o", capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
+    ax.set_ylabel(unit + (", 95% CI" if metric.interval else ""))
+    if metric.fmt == "pct" and name != "drop_vs_base":
+        ax.set_ylim(-4, 104)
+    else:
+        ax.margins(y=0.08)
+    ax.set_title(r["model"]["name"], fontsize=10)
+    return fig
+
+
+#: Accuracies are clipped to [_CLIP, 1 - _CLIP] on the logit axes (0% and 100% have no logit).
+_CLIP = 0.005
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _CLIP), 1 - _CLIP)
+    return math.log(p / (1 - p))
+
+
+def _robustness_figure(points: list[tuple[float, float, str]]):
+    """The effective-robustness scatter: ``(base top-1, mean shifted top-1, label)`` points on logit axes.
+
+    0% and 100% are drawn at the clipped ends, inside the axes (and marked as clipped); labels of
+    points close together are stacked so they do not overlap. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    if pts:
-        xs, ys = [logit(p[0]) for p in pts], [logit(p[1]) for p in pts]
-        ax.scatter(xs, ys, color="#dd8452")
-        for x, y, (_, _, label) in zip(xs, ys, pts):
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if len({round(x, 9) for x in xs}) >= 2:
-            slope, icpt = np.polyfit(xs, ys, 1)
-            line = np.linspace(min(xs), max(xs), 50)
-            ax.plot(line, slope * line + icpt, "--", color="#555", label=f"fit: y = {slope:.2f}x + {icpt:.2f}")
-            ax.legend(fontsize=7)
-        ticks = [0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99]
-        ax.set_xticks([logit(t) for t in ticks], [f"{100 * t:g}" for t in ticks])
-        ax.set_yticks([logit(t) for t in ticks], [f"{100 * t:g}" for t in ticks])
     ax.set_xlabel("base top-1 (%, logit axis)")
     ax.set_ylabel("mean shifted top-1 (%, logit axis)")
     ax.set_title("effective robustness", fontsize=10)
-    save(fig, "effective_robustness.png")
-    return written
+    if not points:
+        return fig
+    xs, ys = [_logit(p[0]) for p in points], [_logit(p[1]) for p in points]
+    clipped = [not (_CLIP < p[0] < 1 - _CLIP and _CLIP < p[1] < 1 - _CLIP) for p in points]
+    ax.scatter([x for x, c in zip(xs, clipped) if not c], [y for y, c in zip(ys, clipped) if not c],
+               color="#dd8452")
+    if any(clipped):
+        ax.scatter([x for x, c in zip(xs, clipped) if c], [y for y, c in zip(ys, clipped) if c], color="#dd8452",
+                   marker="D", label=f"0% or 100% (drawn at {100 * _CLIP:g}% / {100 - 100 * _CLIP:g}%)")
+    if len({round(x, 9) for x in xs}) >= 2:
+        slope, icpt = np.polyfit(xs, ys, 1)
+        line = np.linspace(min(xs), max(xs), 50)
+        ax.plot(line, slope * line + icpt, "--", color="#555", label=f"fit: y = {slope:.2f}x + {icpt:.2f}")
+    ticks = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
+    lo = min([*xs, *ys, _logit(0.1)]) - 0.6
+    hi = max([*xs, *ys, _logit(0.9)]) + 0.6
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    shown = [t for t in ticks if lo <= _logit(t) <= hi]
+    ax.set_xticks([_logit(t) for t in shown], [f"{100 * t:g}" for t in shown])
+    ax.set_yticks([_logit(t) for t in shown], [f"{100 * t:g}" for t in shown])
+    # labels: stack the labels of points that are close (in axis fractions) instead of drawing them on top
+    placed: list[tuple[float, float]] = []
+    span = hi - lo
+    for x, y, (_, _, label) in sorted(zip(xs, ys, points), key=lambda t: (t[1], t[0])):
+        fx, fy = (x - lo) / span, (y - lo) / span
+        near = sum(1 for px, py in placed if abs(px - fx) < 0.25 and abs(py - fy) < 0.06)
+        placed.append((fx, fy))
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3 + 10 * near), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.5} if near else None)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
+    return fig

@@ -50,6 +50,7 @@ __all__ = [
     "ShiftResult",
     "Summary",
     "build_results",
+    "describe_data",
     "summarize",
     "twin_key",
 ]
@@ -77,9 +78,10 @@ class DataInfo(TypedDict, total=False):
     fingerprint: str | None
     masks: str | None
     classes: str | None
+    per_class: int | None  # scored without a source only
     shift_fingerprints: dict[str, str]
     predictions_file: str
-    missing_predictions: dict[str, int]
+    missing_predictions: dict[str, int] | None  # None: not checkable (no source, files per class unknown)
     ignored_masked_predictions: int
 
 
@@ -247,6 +249,34 @@ def summarize(shifts: dict) -> Summary:
     }
 
 
+def describe_data(document: dict) -> dict[str, str]:
+    """What a result was computed on, in words, for table headers and leaderboard groups.
+
+    Returns ``{"data", "fingerprint", "masks", "decode"}``: the source and root (or the
+    predictions file scored without a source), the data fingerprint in full, the masks applied
+    (``none (every sample)`` when none), and the JPEG decoding (``full``, ``draft ...``, or
+    ``not recorded`` for scored predictions and schema-1 files).
+    """
+    data, run = document.get("data") or {}, document.get("run")
+    if data.get("source"):
+        where = f"{data['source']} {data['root']}" if data.get("root") else str(data["source"])
+    elif data.get("predictions_file"):
+        where = f"predictions file {data['predictions_file']}, no source (labels from the file)"
+    else:
+        where = "not recorded"
+    selection = [f"{k} {data[k]}" for k in ("classes", "per_class") if data.get(k) is not None]
+    if selection:
+        where += f" [{', '.join(selection)}]"
+    if run and run.get("decode") == "draft":
+        decode = f"draft (JPEGs decoded at reduced scale, shorter edge >= {run.get('draft_size')} px)"
+    elif run and run.get("decode"):
+        decode = str(run["decode"])
+    else:
+        decode = "not recorded (predictions scored from a file)" if data.get("predictions_file") else "not recorded"
+    return {"data": where, "fingerprint": str(data.get("fingerprint")), "masks": data.get("masks") or
+            "none (every sample)", "decode": decode}
+
+
 def _git_commit() -> str | None:
     """The commit of the dsi-bench checkout in use, when it is one."""
     here = Path(__file__).resolve().parent
@@ -316,8 +346,25 @@ class Results:
             raise SpecError(f"{str(path)!r} is not a dsi-bench results file (schema {SCHEMA!r})")
         return cls(_upgrade(data, repr(str(path))))
 
-    def table(self) -> str:
-        """A per-shift text table of every metric in :data:`~dsi_bench.metrics.METRICS` (top-1 with its 95% CI)."""
+    def header(self) -> list[str]:
+        """The lines above :meth:`table`: model, data, masks and JPEG decoding, missing predictions."""
+        d = describe_data(self.data)
+        lines = [f"model: {self.data['model'].get('name')}", f"data: {d['data']}", f"fingerprint: {d['fingerprint']}",
+                 f"masks: {d['masks']}   decode: {d['decode']}"]
+        data = self.data.get("data") or {}
+        missing = data.get("missing_predictions")
+        if missing:
+            lines.append("missing predictions counted as wrong: " + ", ".join(f"{s} {n}" for s, n in missing.items()))
+        elif "missing_predictions" in data and missing is None:
+            lines.append("missing predictions: not checked (no source, and the files per class are unknown)")
+        if data.get("ignored_masked_predictions"):
+            lines.append(f"predictions for masked-out samples ignored: {data['ignored_masked_predictions']}")
+        return lines
+
+    def table(self, header: bool = True) -> str:
+        """A per-shift text table of every metric in :data:`~dsi_bench.metrics.METRICS` (top-1 with its 95% CI),
+        below :meth:`header` (``header=False``: the table alone). ``-`` marks a value that was not measured."""
+        header_lines = self.header() if header else []
         header = ["shift"]
         for m in METRICS.values():
             header.append(m.label)
@@ -339,4 +386,4 @@ class Results:
         if s["mean_top1"] is not None:
             lines.append(f"mean top-1 over shifts: {100 * s['mean_top1']:.1f}%  worst: {s['worst_shift']} "
                          f"({100 * s['worst_top1']:.1f}%)   (all numbers in %)")
-        return "\n".join(lines)
+        return "\n".join(header_lines + lines)

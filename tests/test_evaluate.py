@@ -68,7 +68,7 @@ def test_oracle_numbers_are_exact(release, classes):
     assert cfg["decode"] == "full" and cfg["draft_size"] is None  # the oracle's ToTensor does not shrink
     assert cfg["dataset"]["source"] == "imagenet-star" and cfg["dataset"]["classes"] == "0-2"
     assert cfg["dataset"]["class_list"] == {"class_list": "imagenet", "classes": 1000}
-    assert cfg["dataset"]["masks"] is False and cfg["dataset"]["fast_decode"] is True  # defaults recorded too
+    assert cfg["dataset"]["masks"] is False and cfg["dataset"]["fast_decode"] is False  # defaults recorded too
     assert r["schema_version"] == 2
     assert r["data"]["source"] == "imagenet-star" and r["data"]["fingerprint"]
     assert r["model"]["name"] == "Oracle" and r["hardware"]["device"] == "cpu"
@@ -251,7 +251,7 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
     other["data"]["fingerprint"] = "something else"
     (folder / "tiny1.json").write_text(json.dumps(other))
     paths = make_leaderboard(folder, tmp_path / "board2", plots=False)
-    assert paths["groups"] == 2 and "different data (not comparable" in paths["md"].read_text()
+    assert paths["groups"] == 2 and "different data, masks or decoding (not comparable" in paths["md"].read_text()
     # A schema-1 file (before run settings and per-metric summaries) is upgraded on load and ranks as before.
     old = json.loads((folder / "tiny0.json").read_text())
     old["schema_version"] = 1
@@ -259,7 +259,8 @@ def test_leaderboard_from_three_results(release, classes, tmp_path):
     (folder / "tiny0.json").write_text(json.dumps(old))
     upgraded = Results.load(folder / "tiny0.json")
     assert upgraded.run is None and upgraded["summary"]["metrics"]["top1"]["mean"] == old["summary"]["mean_top1"]
-    assert make_leaderboard(folder, tmp_path / "board3", plots=False)["groups"] == 2
+    # ... but its JPEG decoding was not recorded, so it is not ranked with results that say "full"
+    assert make_leaderboard(folder, tmp_path / "board3", plots=False)["groups"] == 3
     other["schema_version"] = 0
     (folder / "tiny1.json").write_text(json.dumps(other))
     with pytest.raises(SpecError, match="schema version 0; this dsi-bench reads versions 1, 2"):
@@ -319,7 +320,7 @@ def test_leaderboard_ranks_by_any_metric(release, classes, tmp_path):
     by_name = {"oracle": "oracle", "tiny0": "tiny-0", "tiny1": "tiny-1"}
     assert ranked == [by_name[n] for n in sorted(flips, key=lambda n: (flips[n], by_name[n]))]
     md = paths["md"].read_text()
-    assert "lower is better" in md and f"| oracle | {100 * flips['oracle']:.1f} | – |" in md
+    assert "lower is better" in md and f"| oracle | {100 * flips['oracle']:.1f} | - |" in md
     with pytest.raises(SpecError, match="unknown metric to sort by 'mcnemar_p'"):
         make_leaderboard(folder, tmp_path / "b2", sort="mcnemar_p")
     assert main(["leaderboard", str(folder), "--out", str(tmp_path / "b3"), "--sort", "top5", "--no-plots"]) == 0
@@ -368,10 +369,13 @@ def test_empty_selection_is_an_error(release, classes, tmp_path):
 
 def test_score_without_a_source_takes_labels_from_keys(tmp_path, classes):
     path = tmp_path / "p.csv"
-    path.write_text("key,prediction\nbase/0000/00,0\nbase/0001/00,0\nbase/n01484850/00.jpg,2\n")
+    path.write_text("key,prediction\nbase/0000/00,0\nbase/0001/00,0\nbase/0002/00,2\n")
     r = score_predictions(path, {"class_list": classes})
     assert r.shifts["base"]["n"] == 3 and r.shifts["base"]["correct"] == 2
-    assert r["data"]["fingerprint"] is None
+    # the data is the set of scored keys (no copy of the images was checked); with our keys and no masks the
+    # files per class are unknown, so missing predictions cannot be checked, and the results say so
+    assert r["data"]["fingerprint"].startswith("keys:") and r["data"]["missing_predictions"] is None
+    assert "missing predictions: not checked" in r.table()
 
 
 def test_synthesized_source(tiny_model, tiny_tokens, capsys):
@@ -400,3 +404,226 @@ def test_synthesized_source(tiny_model, tiny_tokens, capsys):
                  "--classes", "0-1", "--per-class", "2", "--generator", str(tiny_model), "--tokens", str(tiny_tokens),
                  "--steps", "2", "-q"]) == 0
     assert "base" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- issue 11: decoding, scoring, reporting
+def test_full_jpeg_decode_is_the_default_and_draft_is_opt_in(tmp_path, classes, monkeypatch):
+    """The default dataset output equals PIL's full decode + the same transform, exactly; draft mode is opt-in,
+    recorded, and never ranked with full decoding."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from dsi_bench.cli import main
+    from dsi_bench.leaderboard import make_leaderboard
+
+    rel = make_fake_release(tmp_path / "rel", wnids=WNIDS, size=64)  # noisy JPEGs: draft decoding differs
+    module, tf = tiny_classifier(size=16)  # Resize(16) first: draft decoding would apply
+    kw = {"source": "imagenet-star", "root": rel, "classes": "0-2", "per_class": 4, "class_list": classes}
+    ds = ShiftedImageNet("base", **kw, transform=tf)
+    assert ds.draft is None and len(ds) == 12
+    streamed = {k: x for x, _, k in ds.stream(return_key=True)}
+    with zipfile.ZipFile(rel / "base.zip") as z:
+        for i, key in enumerate(ds.keys):
+            c, n = (int(x) for x in key.split("/")[1:])
+            expected = tf(Image.open(io.BytesIO(z.read(f"base/{WNIDS[c]}/{n:02d}.jpg"))).convert("RGB"))
+            assert torch.equal(ds[i][0], expected) and torch.equal(streamed[key], expected), key
+    fast = ShiftedImageNet("base", **kw, transform=tf, fast_decode=True)
+    assert fast.draft == 16 and any(not torch.equal(fast[i][0], ds[i][0]) for i in range(len(ds)))
+
+    full = evaluate(module, kw, shifts="base", transform=tf, progress=False, num_workers=0, name="m")
+    draft = evaluate(module, {**kw, "fast_decode": True}, shifts="base", transform=tf, progress=False,
+                     num_workers=0, name="m")
+    assert (full.run["decode"], full.run["draft_size"], full.run["dataset"]["fast_decode"]) == ("full", None, False)
+    assert (draft.run["decode"], draft.run["draft_size"], draft.run["dataset"]["fast_decode"]) == ("draft", 16, True)
+    assert "decode: full" in full.table() and "decode: draft" in draft.table()
+    folder = tmp_path / "results"
+    full.save(folder / "full.json")
+    draft.save(folder / "draft.json")
+    paths = make_leaderboard(folder, tmp_path / "board", plots=False)
+    assert paths["groups"] == 2  # same data, same model: still never ranked in one table
+    md = paths["md"].read_text()
+    assert "- JPEG decoding: full" in md and "- JPEG decoding: draft (JPEGs decoded at reduced scale" in md
+    # the CLI: --fast-decode opts in
+    table = tmp_path / "classes.json"
+    table.write_text(json.dumps([{"index": c.index, "wnid": c.wnid, "common_name": c.name} for c in classes]))
+    monkeypatch.setenv("DSI_BENCH_IMAGENET_CLASSES", str(table))
+    from dsi_bench import clear_caches
+
+    clear_caches()
+    try:
+        for flag, mode in (([], "full"), (["--fast-decode"], "draft")):
+            out = tmp_path / f"cli{mode}.json"
+            assert main(["eval", "--classifier", "dsi_bench.testing:tiny_classifier", "--source", "imagenet-star",
+                         "--root", str(rel), "--classes", "0-2", "--per-class", "4", "--shifts", "base",
+                         "--num-workers", "0", "-q", "--results", str(out), *flag]) == 0
+            assert Results.load(out).run["decode"] == mode
+    finally:
+        monkeypatch.delenv("DSI_BENCH_IMAGENET_CLASSES")
+        clear_caches()
+
+
+def _release_file(path, classes=(0, 1), shifts=("base", "in_the_snow"), drop=(), top5=None):
+    """A predictions file with release keys: right unless the file index is a multiple of 4 (then class + 1)."""
+    rows = ["key,prediction" + (",top5" if top5 else "")]
+    for s in shifts:
+        for c in classes:
+            for i in range(50):
+                key = f"{s}/{WNIDS[c]}/{i:02d}.jpg"
+                if key in drop:
+                    continue
+                guess = c + 1 if i % 4 == 0 else c
+                extra = ""
+                if top5 == "all" or (top5 == "some" and i % 2):
+                    extra = "," + " ".join(str(x) for x in [guess, c, c + 1 if guess == c else c + 2, 7, 8])
+                elif top5:
+                    extra = ","
+                rows.append(f"{key},{guess}{extra}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_score_without_a_source_applies_masks_and_classes_by_key(tmp_path, classes):
+    """Release masks are key-computable (entry j <-> class j // 50, file j % 50): applied without a source."""
+    from dsi_bench.cli import main
+    from dsi_bench.errors import MaskError
+
+    preds = _release_file(tmp_path / "p.csv")
+    j = np.arange(50_000)
+    masks = tmp_path / "masks.npz"
+    np.savez(masks, base=j % 2 == 0, in_the_snow=j % 5 != 0)
+    plain = score_predictions(preds, {"class_list": classes})
+    assert plain.shifts["base"]["n"] == 100 and plain.shifts["base"]["top1"] == 0.74  # 13 of 50 are wrong
+    masked = score_predictions(preds, {"class_list": classes, "masks": masks})
+    # base keeps the even files: of 25 per class, 13 are multiples of 4 (wrong); snow drops multiples of 5
+    assert masked.shifts["base"]["n"] == 50 and masked.shifts["base"]["correct"] == 2 * 12
+    assert masked.shifts["in_the_snow"]["n"] == 80 and masked.shifts["in_the_snow"]["correct"] == 2 * 30
+    assert masked["data"]["masks"].startswith("masks.npz:sha256:")
+    assert masked["data"]["ignored_masked_predictions"] == 50 + 20
+    assert masked["data"]["fingerprint"] != plain["data"]["fingerprint"]
+    # the CLI applies --masks and --classes without --source (they used to be ignored: n = every row, masks null)
+    out = tmp_path / "r.json"
+    assert main(["score", str(preds), "--masks", str(masks), "--results", str(out)]) == 0
+    saved = Results.load(out)
+    assert saved.shifts["base"]["n"] == 50 and saved["data"]["masks"].startswith("masks.npz:sha256:")
+    only0 = _release_file(tmp_path / "only0.csv", classes=(0,))
+    assert score_predictions(only0, {"class_list": classes, "classes": "0"}).shifts["base"]["n"] == 50
+    with pytest.raises(PredictionsError, match=r"100 samples have no prediction .*'base/0001/00'"):
+        score_predictions(only0, {"class_list": classes, "classes": "0-1"})  # class 1 asked for, not predicted
+    with pytest.raises(PredictionsError, match=r"100 keys are outside the selection \(classes='0'"):
+        score_predictions(preds, {"class_list": classes, "classes": "0"})
+    # what cannot be applied is an error, never ignored
+    np.savez(tmp_path / "base_only.npz", base=j % 2 == 0)
+    with pytest.raises(MaskError, match="no entries for shift 'in_the_snow'"):
+        score_predictions(preds, {"class_list": classes, "masks": tmp_path / "base_only.npz"})
+    with pytest.raises(SpecError, match="fast_decode= applies to a data source"):
+        score_predictions(preds, {"class_list": classes, "fast_decode": True})
+    with pytest.raises(SpecError, match="without a source"):
+        score_predictions(preds, {"class_list": classes, "root": str(tmp_path)})
+
+
+def test_score_without_a_source_reports_missing_release_keys(tmp_path, classes):
+    """A file in the release's layout lacking some files of a class it covers says how many and which."""
+    drop = {f"base/{WNIDS[1]}/{i:02d}.jpg" for i in (3, 7, 49)}
+    preds = _release_file(tmp_path / "p.csv", drop=drop)
+    with pytest.raises(PredictionsError, match=r"3 samples have no prediction \(base: 3\): 'base/0001/03', "
+                                               r"'base/0001/07', 'base/0001/49'.*--allow-missing"):
+        score_predictions(preds, {"class_list": classes})
+    r = score_predictions(preds, {"class_list": classes}, allow_missing=True)
+    assert r.shifts["base"]["n"] == 100 and r["data"]["missing_predictions"] == {"base": 3}
+    assert r.shifts["base"]["correct"] == 74 - 3  # 3, 7 and 49 were right: now counted wrong
+    assert "missing predictions counted as wrong: base 3" in r.table()
+    # masked-out files need no prediction
+    j = np.arange(50_000)
+    np.savez(tmp_path / "m.npz", base=~np.isin(j, [50 + 3, 50 + 7, 50 + 49]), in_the_snow=j >= 0)
+    ok = score_predictions(preds, {"class_list": classes, "masks": tmp_path / "m.npz"})
+    assert ok.shifts["base"]["n"] == 97 and ok["data"]["missing_predictions"] == {}
+
+
+def test_top5_without_a_top5_column_is_not_available(tmp_path, classes, release):
+    preds = _release_file(tmp_path / "p.csv")
+    r = score_predictions(preds, {"class_list": classes})
+    assert r.shifts["base"]["top1"] == 0.74 and r.shifts["base"]["top5"] is None
+    assert r["summary"]["metrics"]["top5"]["mean"] is None
+    header = r.table(header=False).splitlines()
+    col = header[0].split().index("top-5")
+    assert header[1].split()[col] == "-"
+    with_top5 = score_predictions(_release_file(tmp_path / "t.csv", top5="all"), {"class_list": classes})
+    assert with_top5.shifts["base"]["top5"] == 1.0
+    with pytest.raises(PredictionsError, match="have a top5 and 50 do not"):
+        score_predictions(_release_file(tmp_path / "s.csv", top5="some", shifts=("base",)), {"class_list": classes})
+    # against a source too
+    star = {"source": "imagenet-star", "root": release, "classes": "0-1", "class_list": classes}
+    assert score_predictions(preds, star).shifts["in_the_snow"]["top5"] is None
+
+
+def test_tables_and_leaderboard_groups_name_masks_decoding_and_data(release, classes, tmp_path):
+    from dsi_bench.leaderboard import make_leaderboard
+
+    j = np.arange(50_000)
+    masks = tmp_path / "masks.npz"
+    np.savez(masks, base=j % 2 == 0, in_the_snow=j % 2 == 0)
+    folder = tmp_path / "results"
+    plain = run("oracle", release, classes, name="oracle")
+    masked = run("oracle", release, classes, masks=masks, name="oracle")
+    assert "masks: none (every sample)   decode: full" in plain.table()
+    assert f"masks: {masked['data']['masks']}   decode: full" in masked.table()
+    plain.save(folder / "plain.json")
+    masked.save(folder / "masked.json")
+    scored = score_predictions(_release_file(tmp_path / "p.csv", classes=(0, 1, 2)), {"class_list": classes})
+    assert "data: predictions file" in scored.table() and "decode: not recorded" in scored.table()
+    scored.save(folder / "scored.json")
+    paths = make_leaderboard(folder, tmp_path / "board", plots=False)
+    md = paths["md"].read_text()
+    assert paths["groups"] == 3 and "Data: None" not in md and "None" not in md.split("## ", 1)[1].split("|")[0]
+    assert "- Masks: none (every sample)" in md and f"- Masks: {masked['data']['masks']}" in md
+    assert f"`{masked['data']['fingerprint']}`" in md and f"`{plain['data']['fingerprint']}`" in md  # in full
+    assert "- Data: predictions file" in md and "no source" in md
+
+
+def test_leaderboard_ties_names_axes_labels_and_html(release, classes, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need the [plots] extra (matplotlib)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dsi_bench.leaderboard import _robustness_figure, _shift_figure, make_leaderboard
+    from dsi_bench.metrics import METRICS
+
+    folder = tmp_path / "results"
+    first = run("oracle", release, classes, name="same name")
+    first.save(folder / "a.json")
+    first.save(folder / "b.json")  # a tie, under the same model name
+    m, t = tiny_classifier(seed=0)
+    run(m, release, classes, transform=t, name="other").save(folder / "c.json")
+    paths = make_leaderboard(folder, tmp_path / "board")
+    rows = [r.split(",") for r in paths["csv"].read_text().splitlines()[1:]]
+    assert [(r[1], r[2]) for r in rows] == [("1", "same name"), ("1", "same name"), ("3", "other")]
+    per_result = sorted(p.name for p in paths["plots"] if p.name.endswith("_shifts.png"))
+    assert len(per_result) == 3 and len(set(per_result)) == 3  # no plot overwrites another
+    page = paths["html"].read_text()
+    for p in paths["plots"]:
+        assert f'src="plots/{p.name}"' in page
+    lo, hi = first.shifts["in_the_snow"]["top1_ci"]
+    assert f'[{100 * lo:.1f}, {100 * hi:.1f}]' in page  # the intervals, not only the values
+
+    # 0% and 100% stay inside the axes, on the scatter and on the per-shift plot
+    fig = _robustness_figure([(1.0, 0.0, "perfect base"), (0.0, 1.0, "odd"), (0.7, 0.5, "a")])
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for coll in ax.collections:
+        for x, y in coll.get_offsets():
+            assert x0 < x < x1 and y0 < y < y1
+    perfect = Results(json.loads(json.dumps(first.data)))
+    perfect.shifts["base"].update(top1=1.0, top1_ci=[0.97, 1.0])
+    perfect.shifts["in_the_snow"].update(top1=0.0, top1_ci=[0.0, 0.03])
+    ax = _shift_figure(perfect, ["base", "in_the_snow"], METRICS["top1"]).axes[0]
+    assert ax.get_ylim()[0] < 0 and ax.get_ylim()[1] > 100
+    # labels of overlapping points do not overlap
+    fig = _robustness_figure([(0.8, 0.6, "model one"), (0.8, 0.6, "model two"), (0.801, 0.601, "model three")])
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(a, fig.canvas.get_renderer()) for a in fig.axes[0].texts]  # text, not arrow
+    assert len(boxes) == 3
+    assert not any(boxes[i].overlaps(boxes[k]) for i in range(3) for k in range(i + 1, 3))

@@ -94,7 +94,7 @@ def test_a_registered_metric_drives_results_tables_and_ranking(monkeypatch, tmp_
                           data={"source": "test", "fingerprint": "x"})
         assert r.shifts["in_the_snow"]["error_rate"] == (0.0 if name == "a" else 1.0)
         assert r["summary"]["metrics"]["error_rate"]["mean"] == (0.0 if name == "a" else 1.0)
-        assert "err" in r.table().splitlines()[0]
+        assert "err" in r.table(header=False).splitlines()[0]
         r.save(tmp_path / "results" / f"{name}.json")
     board = make_leaderboard(tmp_path / "results", tmp_path / "board", plots=False, sort="error_rate")
     assert [row.split(",")[2] for row in board["csv"].read_text().splitlines()[1:]] == ["a", "b"]

@@ -37,8 +37,7 @@ def report_results(results, path) -> int:
     from ..dist import World
 
     if World.from_env().main:
-        print(f"{results['model']['name']} on {results['data']['source']} {results['data']['root'] or ''}")
-        print(results.table())
+        print(results.table())  # its header names the model, data, masks and decoding
         if path:
             print(f"results: {results.save(path)}")
     return 0
@@ -75,6 +74,10 @@ class Eval(Command):
         deprecated_flag(p, "--workers", "--num-workers", "num_workers", type=int)
         add_device(p, "the classifier")
         p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
+        p.add_argument("--fast-decode", action="store_true",
+                       help="decode JPEGs in libjpeg's draft mode (reduced scale) when the classifier's preprocessing "
+                            "starts by shrinking: faster, but the inputs and so the accuracy differ from full decoding "
+                            "(the default, as published numbers); recorded in the results")
         p.add_argument("--results", default=None, help="write the results JSON here")
         p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
         add_quiet(p)
@@ -97,6 +100,8 @@ class Eval(Command):
         if args.classifier is None:
             raise SpecError(f"--classifier is required: the model under test, one of {model_spec_help()}")
         data = data_from(args)
+        if args.fast_decode:
+            data["fast_decode"] = True
         generation = {"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
                       "seed": args.seed, "device": args.gen_device}
         if args.source == "synth":
@@ -126,9 +131,10 @@ class Eval(Command):
 
 class Score(Command):
     name = "score"
-    help = "score a predictions CSV (key,prediction[,label][,top5]) against a source"
+    help = "score a predictions CSV (key,prediction[,label][,top5]) against a source, or by its keys"
     examples = """
         dsi-bench score submission.csv --source imagenet-star --root star/ --masks masks.npy --results sub.json
+        dsi-bench score submission.csv --masks masks.npy     # no source: masks and --classes applied by key
     """
 
     def add_arguments(self, p):
@@ -177,8 +183,8 @@ class Leaderboard(Command):
         print(f"wrote {paths['md']}, {paths['csv']}, {paths['html']}" + (f" and {len(paths['plots'])} plots"
                                                                          if paths["plots"] else ""))
         if paths["groups"] > 1:
-            print(f"warning: the results cover {paths['groups']} different data fingerprints; they are listed in "
-                  "separate tables and not ranked together")
+            print(f"warning: the results cover {paths['groups']} different data, masks or decode modes; they are "
+                  "listed in separate tables and not ranked together")
         return 0
 
 
