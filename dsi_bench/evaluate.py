@@ -250,7 +250,9 @@ def evaluate(
         data: the data, as one object: a :class:`~dsi_bench.ShiftedImageNet` (its arguments are reused
             for every shift) or a dict of its arguments, e.g. ``{"source": "shards", "root": "shards/"}``
             or ``{"source": "synth", "generator": "./sd2", "tokens": "tokens.zip", "device": "cuda"}``
-            (generation settings live here, so they never collide with the classifier's).
+            (generation settings live here, so they never collide with the classifier's). JPEGs are
+            decoded in full unless it says ``"fast_decode": True`` (draft decoding, recorded in
+            ``results.run["decode"]``; a leaderboard never ranks the two modes together).
         shifts: ``"all"`` (every shift the source holds; the default for a dict), ``"base,in_the_snow"``
             or a list. For a dataset the default is its shift, with ``base`` for the paired metrics.
         weights, transform: passed to :func:`~dsi_bench.models.load_model`; ``transform`` is the

@@ -160,7 +160,7 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
     writer = csv.writer(csv_buf, lineterminator="\n")
     name = metric.name
     header = ["group", "rank", "model", f"mean_{name}", f"base_{name}", "worst_shift", f"worst_{name}",
-              "shifts_evaluated", *shifts, "data_fingerprint", "file"]
+              "shifts_evaluated", *shifts, "data_fingerprint", "masks", "decode", "file"]
     writer.writerow(header)
     html_tables = []
     plot_names = _plot_names(groups) if plots else {}
@@ -186,7 +186,8 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
                                          _cell(metric, r["base"]), worst, *[_cell(metric, r[s]) for s in shown]])
                       + " |")
             writer.writerow([gi + 1, r["rank"], r["model"], r["mean"], r["base"], r["worst_shift"],
-                             r["worst"], r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, r["file"]])
+                             r["worst"], r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, about["masks"],
+                             about["decode"], r["file"]])
         md.append("")
         written = _plots(group, shifts, out / "plots", metric, plot_names, gi) if plots else []
         group_plots.append(written)
