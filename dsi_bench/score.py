@@ -191,6 +191,10 @@ def _score_by_keys(path, f: _File, shift_ids: list[str], args: dict, class_list:
             expected = [f"{s}/{c:04d}/{i:02d}" for c in sorted(wanted) for i in range(layout)]
         else:  # the files per class are unknown: the file's own keys are the samples
             expected = [k for k in mine if int(k.split("/")[1]) in wanted]
+            absent = sorted(wanted - {int(k.split("/")[1]) for k in expected})
+            if absent:
+                raise PredictionsError(f"{str(path)!r} has no predictions for {len(absent)} requested classes of "
+                                       f"{s}: {_examples(absent)}")
         keep = []
         for k in expected:
             flag = True if masks is None else masks.get(k)

@@ -376,6 +376,8 @@ def test_score_without_a_source_takes_labels_from_keys(tmp_path, classes):
     # files per class are unknown, so missing predictions cannot be checked, and the results say so
     assert r["data"]["fingerprint"].startswith("keys:") and r["data"]["missing_predictions"] is None
     assert "missing predictions: not checked" in r.table()
+    with pytest.raises(PredictionsError, match="no predictions for 1 requested classes of base: 3"):
+        score_predictions(path, {"class_list": classes, "classes": "0-3"})
 
 
 def test_synthesized_source(tiny_model, tiny_tokens, capsys):
