@@ -94,14 +94,16 @@ def test_shift_is_frozen_data():
 
 
 CAPTIONS = {
-    "in_the_grass": "a photo in the grass", "in_the_beach": "a photo in the beach", "in_the_forest": "a photo in the forest",
-    "in_the_water": "a photo in the water", "on_the_road": "a photo on the road", "on_the_rocks": "a photo on the rocks",
+    "in_the_grass": "a photo in the grass", "in_the_beach": "a photo in the beach",
+    "in_the_forest": "a photo in the forest", "in_the_water": "a photo in the water",
+    "on_the_road": "a photo on the road", "on_the_rocks": "a photo on the rocks",
     "in_the_snow": "a photo in the snow", "in_the_rain": "a photo in the rain", "in_the_fog": "a photo in the fog",
     "in_bright_sunlight": "a photo in bright sunlight", "at_night": "a photo at night", "at_dusk": "a photo at dusk",
     "studio_lighting": "a photo in studio lighting", "blue": "a photo of something blue",
     "green": "a photo of something green", "red": "a photo of something red", "yellow": "a photo of something yellow",
-    "orange": "a photo of something orange", "person_and_a": "a photo of a person", "and_a_flower": "a photo of a flower",
-    "oil_painting": "an oil painting", "pencil_sketch": "a pencil sketch", "embroidery": "an embroidery",
+    "orange": "a photo of something orange", "person_and_a": "a photo of a person",
+    "and_a_flower": "a photo of a flower", "oil_painting": "an oil painting", "pencil_sketch": "a pencil sketch",
+    "embroidery": "an embroidery",
 }
 
 
