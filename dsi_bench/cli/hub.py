@@ -9,7 +9,7 @@ class ClipFilter(Command):
     name = "clip-filter"
     help = "score shards with CLIP (object present? shift present?) and write keep/drop masks"
     examples = """
-        dsi-bench clip-filter shards/ --tokens tokens.zip --device cuda
+        dsi-bench clip-filter shards/ --tokens tokens.zip
         dsi-bench eval --classifier torchvision:resnet50 --root shards/ --masks shards/clip_masks.npz
     """
 
@@ -23,7 +23,7 @@ class ClipFilter(Command):
         p.add_argument("--object-threshold", type=float, default=OBJECT_THRESHOLD, help="default: %(default)s")
         p.add_argument("--shift-margin", type=float, default=SHIFT_MARGIN, help="default: %(default)s")
         add_device(p, "CLIP")
-        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--batch-size", type=int, default=32, help="images per CLIP call (default: %(default)s)")
         p.add_argument("--scores-out", default=None, help="scores sidecar to write (default: DIR/clip_scores.npz)")
         deprecated_flag(p, "--scores", "--scores-out", "scores_out")
         p.add_argument("--masks-out", default=None, help="masks file to write (default: DIR/clip_masks.npz)")
@@ -55,6 +55,7 @@ class ClipFilter(Command):
 
 class Publish(Command):
     name = "publish"
+    loads_models = False
     help = "publish a shard folder as a Hugging Face dataset (one config per shift)"
     description = ("Writes data/{shift}/..., README.md (dataset card with configs, features and the generation "
                    "settings) and manifest.json, then uploads them. The token comes from HF_TOKEN or `hf auth login`.")

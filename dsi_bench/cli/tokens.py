@@ -8,6 +8,7 @@ from .common import Command, add_device, add_quiet, deprecated_flag
 class Tokens(Command):
     name = "tokens"
     help = "inspect or convert a class-token bank"
+    loads_models = False
     examples = """
         dsi-bench tokens tokens.zip --out imagenet_star.safetensors
         dsi-bench tokens imagenet_star.safetensors --diffusers ti_folders/
@@ -40,7 +41,7 @@ class LearnTokens(Command):
     description = ("DATA is an ImageFolder-style folder (one folder per class) or a dataset saved with "
                    "datasets.save_to_disk (image and label columns). Reruns continue unfinished classes.")
     examples = """
-        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out my_tokens.safetensors --device cuda
+        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out my_tokens.safetensors
         dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out t.safetensors --preset reference
     """
 
@@ -69,7 +70,8 @@ class LearnTokens(Command):
         p.add_argument("--max-steps-this-run", type=int, default=None,
                        help="stop after this many steps (rerun to continue)")
         add_device(p, "training")
-        p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), float32, float16, bfloat16")
+        p.add_argument("--dtype", default="auto",
+                       help="auto (fp16 on CUDA), float32, float16, bfloat16 (default: %(default)s)")
         add_quiet(p)
 
     def run(self, args) -> int:
