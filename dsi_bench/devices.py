@@ -88,8 +88,8 @@ def _unavailable(device) -> str | None:
         return None
     if kind == "cuda":
         if not torch.cuda.is_available():
-            built = torch.backends.cuda.is_built()
-            return f"cuda is not available here ({'no GPU or driver found' if built else 'torch was built without CUDA'})"
+            why = "no GPU or driver found" if torch.backends.cuda.is_built() else "torch was built without CUDA"
+            return f"cuda is not available here ({why})"
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             return f"{device} does not exist here ({count} CUDA device{'s' if count != 1 else ''})"

@@ -357,8 +357,8 @@ def test_device_auto_is_the_default_and_results_record_the_resolved_device(relea
     for name in with_device:
         assert next(a.default for a in sub.choices[name]._actions if a.dest == "device") == "auto", name
     results = release_shards / "r.json"
-    assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root", str(release_shards / "shards"),
-                 "--num-workers", "0", "-q", "--results", str(results)]) == 0
+    assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root",
+                 str(release_shards / "shards"), "--num-workers", "0", "-q", "--results", str(results)]) == 0
     saved = json.loads(results.read_text())
     assert saved["run"]["device"] == "cpu" and saved["hardware"]["device"] == "cpu"
 

@@ -11,8 +11,8 @@ import argparse
 import sys
 import textwrap
 
-__all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples", "add_shifts",
-           "deprecated_flag", "example", "masks_value", "pipeline_from", "resolve_devices", "shifts_from",
+__all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples",
+           "add_shifts", "deprecated_flag", "example", "masks_value", "pipeline_from", "resolve_devices", "shifts_from",
            "tokens_value"]
 
 
