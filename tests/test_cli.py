@@ -380,7 +380,9 @@ def test_eval_and_score_take_the_missing_flag_their_errors_suggest(release_shard
     assert "--missing skip" in capsys.readouterr().err
     assert main(["score", str(preds), *data, "--missing", "skip"]) == 0
     assert "in_the_snow   99" in capsys.readouterr().out
-    # refused, not ignored, where a source has no missing files to skip
+    # refused, not ignored, where a source has no missing files to skip, or without a source
+    assert main(["score", str(preds), "--missing", "skip"]) == 2
+    assert "--missing applies to" in capsys.readouterr().err
     assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root",
                  str(release_shards / "shards"), "--missing", "skip", "-q"]) == 2
     assert "missing" in capsys.readouterr().err

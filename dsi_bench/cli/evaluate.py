@@ -144,8 +144,11 @@ class Score(Command):
         p.add_argument("--results", default=None, help="write the results JSON here")
 
     def run(self, args) -> int:
+        from ..errors import SpecError
         from ..score import score_predictions
 
+        if args.missing and not args.source:  # refused, not ignored
+            raise SpecError("--missing applies to the files of --source imagenet-star; pass --source and --root too")
         shifts = shifts_from(args)
         results = score_predictions(
             args.predictions,
