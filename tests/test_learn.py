@@ -112,7 +112,7 @@ def test_cli_and_a_bank_of_another_width(folder, tiny_model, tmp_path, capsys):
     out = tmp_path / "t.safetensors"
     assert main(["learn-tokens", "--data", str(folder), "--generator", str(tiny_model), "--out", str(out),
                  "--max-steps", "3", "--resolution", "32", "--classes", "0-1", "-q"]) == 0
-    assert "2 of 2 classes finished (3 steps each)" in capsys.readouterr().out
+    assert "2 of 2 classes finished (3 steps each, 32 px)" in capsys.readouterr().out
     assert TokenBank.load(out).tokens == ("<goldfish-0>", "<great white shark-1>")
     wide = save_tiny_tokens(tmp_path / "wide.safetensors", num_classes=3, dim=64)
     with pytest.raises(TokenBankError, match="holds 64-d tokens but .* needs 32-d"):
