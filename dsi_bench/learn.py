@@ -458,7 +458,7 @@ class TokenTrainer:
                 "seed": self.config.seed, "magnitude_pinning": PINNING}
         theirs = {k: record.get(k) for k in ours}
         if theirs["magnitude_pinning"] is None:
-            theirs["magnitude_pinning"] = "rescaled after each step (dsi-bench < 0.3)"
+            theirs["magnitude_pinning"] = "rescaled after each step (dsi-bench 0.2 and earlier)"
         diff = [f"{k}: {theirs[k]!r} there, {v!r} now" for k, v in ours.items() if theirs[k] != v]
         if diff:
             raise TokenBankError(f"{str(self.bank_path)!r} has unfinished classes trained with other settings "
