@@ -42,11 +42,11 @@ class LearnTokens(Command):
                    "datasets.save_to_disk (image and label columns). Reruns continue unfinished classes.")
     examples = """
         dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out my_tokens.safetensors
-        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out t.safetensors --preset reference
+        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out t.safetensors --preset fast
     """
 
     def add_arguments(self, p):
-        from ..learn import PRESETS
+        from ..learn import MAX_RESOLUTION_OVER_NATIVE, PRESETS
         from ..pipeline import DEFAULT_MODEL
 
         p.add_argument("--data", required=True, help="ImageFolder-style folder or a saved Hugging Face dataset")
@@ -56,15 +56,21 @@ class LearnTokens(Command):
         p.add_argument("--revision", default=None)
         p.add_argument("--out", required=True, help="token bank to write (.safetensors); resumes if it exists")
         p.add_argument("--classes", default=None, help="only these classes (default: all)")
-        presets = "; ".join(f"{k}: {v['steps']} steps, lr {v['lr']:g}, {v['resolution']} px"
-                            for k, v in PRESETS.items())
-        p.add_argument("--preset", choices=list(PRESETS), default="fast", help=f"{presets} (default: fast)")
+        presets = "; ".join(f"{k}: {v['steps']} steps, lr {v['lr']:g}" for k, v in PRESETS.items())
+        p.add_argument("--preset", choices=list(PRESETS), default="reference",
+                       help=f"{presets}; reference = the ImageNet* settings, fast = ours, not validated on a real "
+                            "model (default: %(default)s)")
         p.add_argument("--max-steps", type=int, default=None,
                        help="training steps per class (default: the preset's); before 0.2 this flag was the "
                             "per-run limit, now --max-steps-this-run")
         deprecated_flag(p, "--steps", "--max-steps", "max_steps", type=int)
         p.add_argument("--lr", type=float, default=None)
-        p.add_argument("--resolution", type=int, default=None)
+        p.add_argument("--resolution", type=int, default=None,
+                       help="training size in px (default: the generator's native size, 768 for SD2; more than "
+                            f"{MAX_RESOLUTION_OVER_NATIVE}x native needs --allow-high-resolution)")
+        p.add_argument("--allow-high-resolution", action="store_true",
+                       help=f"allow --resolution above {MAX_RESOLUTION_OVER_NATIVE}x the native size (slow: cost "
+                            "grows with the square of the size)")
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-steps-this-run", type=int, default=None,
@@ -86,6 +92,7 @@ class LearnTokens(Command):
             max_steps=args.max_steps,
             lr=args.lr,
             resolution=args.resolution,
+            allow_high_resolution=args.allow_high_resolution,
             classes_per_batch=args.classes_per_batch,
             seed=args.seed,
             out=args.out,
@@ -95,7 +102,8 @@ class LearnTokens(Command):
         done = bank.extra["training"]["steps_done"]
         total = bank.extra["training"]["steps"]
         finished = sum(1 for v in done.values() if v >= total)
-        print(f"{bank}: {finished} of {len(done)} classes finished ({total} steps each); wrote {args.out}")
+        px = bank.extra["training"]["resolution"]
+        print(f"{bank}: {finished} of {len(done)} classes finished ({total} steps each, {px} px); wrote {args.out}")
         if finished < len(done):
             print("rerun the same command to continue the unfinished classes")
         return 0
