@@ -140,19 +140,23 @@ class ClipScorer:
                  device: str = "cpu", dtype=None, batch_size: int = 32):
         from transformers import CLIPModel, CLIPProcessor
 
+        from .online import hub_unreachable
         from .pipeline import resolve_device
 
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, check=True)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.model_name = str(model)
+        local = os.path.exists(os.path.expanduser(self.model_name))
+        offline = None if local else hub_unreachable()  # offline: the Hub cache only, no retries
         try:
-            self.model = CLIPModel.from_pretrained(self.model_name).to(self.device, self.dtype).eval()
-            self.processor = CLIPProcessor.from_pretrained(self.model_name)
+            self.model = CLIPModel.from_pretrained(self.model_name, local_files_only=offline is not None).to(
+                self.device, self.dtype).eval()
+            self.processor = CLIPProcessor.from_pretrained(self.model_name, local_files_only=offline is not None)
         except OSError as e:
-            if os.path.exists(os.path.expanduser(self.model_name)):
+            if local:
                 raise ModelLoadError(f"{self.model_name!r} is not a CLIP model folder ({str(e)[:200]})") from e
-            raise OfflineError(f"could not load CLIP {self.model_name!r} ({type(e).__name__}); offline, download it "
+            raise OfflineError(f"could not load CLIP {self.model_name!r} ({offline or type(e).__name__}); download it "
                                "(hf download ORG/NAME --local-dir DIR) and pass clip=DIR (--clip DIR)") from e
         width = self.model.config.text_config.hidden_size
         self.tokens = None

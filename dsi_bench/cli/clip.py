@@ -28,8 +28,8 @@ class ClipFilter(Command):
                    "in the snow') >= the shift threshold. The default thresholds are placeholders until calibrated "
                    "(dsi-bench clip-calibrate); pass a calibration with --thresholds.")
     examples = """
-        dsi-bench clip-filter shards/ --device cuda --thresholds clip_calibration.json
-        dsi-bench clip-filter shards/ --rule token-gain --tokens tokens.zip --device cuda
+        dsi-bench clip-filter shards/ --thresholds clip_calibration.json
+        dsi-bench clip-filter shards/ --rule token-gain --tokens tokens.zip
         dsi-bench eval --classifier torchvision:resnet50 --root shards/ --masks shards/clip_masks.npz
     """
 
@@ -88,8 +88,8 @@ class ClipCalibrate(Command):
                    "best reproduce its masks.npy (whose thresholds are not published), then reports the agreement "
                    "per shift. Run it once with the release and a GPU; pass the JSON to clip-filter --thresholds.")
     examples = """
-        dsi-bench clip-calibrate imagenet-star/ --masks masks.npy --device cuda --out clip_calibration.json
-        dsi-bench clip-calibrate imagenet-star/ --masks masks.npy --shifts base,in_the_snow --classes 0-99 --device cuda
+        dsi-bench clip-calibrate imagenet-star/ --masks masks.npy --out clip_calibration.json
+        dsi-bench clip-calibrate imagenet-star/ --masks masks.npy --shifts base,in_the_snow --classes 0-99
     """
 
     def add_arguments(self, p):

@@ -7,6 +7,7 @@ from .common import Command, deprecated_flag
 
 class Publish(Command):
     name = "publish"
+    loads_models = False
     help = "publish a shard folder as a Hugging Face dataset (one config per shift)"
     description = ("Writes data/{shift}/..., README.md (dataset card with configs, features and the generation "
                    "settings) and manifest.json, then uploads them. The token comes from HF_TOKEN or `hf auth login`.")
