@@ -251,6 +251,23 @@ def imagenet_classes(table: str | os.PathLike | None = None) -> ClassList:
     return _imagenet_cached(str(table) if table else None)
 
 
+def choose_class_list(given: ClassList | None, recorded: ClassList | None, where: str) -> ClassList:
+    """The label space: ``given`` if set, else ``recorded`` (what the data records), else ImageNet-1k.
+
+    Raises:
+        ClassSpecError: ``given`` contradicts ``recorded`` (other names, or another number of classes).
+    """
+    if given is None:
+        return recorded if recorded is not None else imagenet_classes()
+    if recorded is not None and given.names != recorded.names:
+        raise ClassSpecError(
+            f"class list {given.name!r} ({len(given)} classes: {', '.join(given.names[:3])}, ...) contradicts the "
+            f"class list {where} records ({recorded.name!r}, {len(recorded)} classes: "
+            f"{', '.join(recorded.names[:3])}, ...); leave the class list out to use the recorded one"
+        )
+    return given
+
+
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 

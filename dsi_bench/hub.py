@@ -189,7 +189,8 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         dataset_format: ``"webdataset"`` (the tars as built) or ``"parquet"``.
         repo: the repository id the card's examples name.
         license_id: the card's license (default: by the data's origin).
-        class_list: the label space (default ImageNet-1k), for the label feature.
+        class_list: the label space, for the label feature (default: the one the manifest records,
+            from a build with a custom token bank, else ImageNet-1k).
 
     Returns:
         ``{"out", "format", "shifts": {shift: n}, "plan_hash"}``.
@@ -198,7 +199,6 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         ShardError: no manifest, or shards that disagree with it (named); a shift with no samples.
         SpecError: an unknown format.
     """
-    from .classes import imagenet_classes
     from .files import atomic_write, ensure_writable_dir
     from .shards import ShardSet, verify_shards
 
@@ -219,7 +219,9 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
     empty = [s for s, v in shards.manifest.get("shifts", {}).items() if not v.get("samples")]
     if empty or not shards.records:
         raise ShardError(f"refusing to publish: shift(s) {', '.join(empty) or 'all'} have no samples")
-    class_names = (class_list or imagenet_classes()).names
+    from .classes import choose_class_list
+
+    class_names = choose_class_list(class_list, shards.class_list, repr(str(shards_dir))).names
     out = ensure_writable_dir(out, "export folder")
     infos = {}
     for shift in shards.shifts:
