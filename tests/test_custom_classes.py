@@ -161,9 +161,10 @@ def test_imagenet_style_folders_use_the_class_table(tiny_model, tmp_path):
 
     rng = np.random.default_rng(0)
     for wnid in ("n01440764", "n01514668"):  # tench (0), rooster (7)
-        (tmp_path / "train" / wnid).mkdir(parents=True)
+        folder = tmp_path / "train" / wnid
+        folder.mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(tmp_path / "train" / wnid / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     data = load_training_data(tmp_path / "train")
     assert data.class_list.is_imagenet and sorted(data.items) == [0, 7]
     bank = learn_tokens(tmp_path / "train", pipeline=PipelineSpec(model=str(tiny_model)), max_steps=1, resolution=32,
