@@ -6,7 +6,8 @@ id, WordNet label and **common name**, the name the ImageNet* release uses in it
 (``<rooster-7>``) and name-only prompts. Class names are those common names; 362 of them differ
 from torchvision's category names (7 ``rooster``, not ``cock``). torchvision's names stay
 accessible as aliases: a class spec ``"cock"`` still resolves to 7, unless another class has it
-as its own name (``"cardigan"`` is the sweater, 474, not torchvision's ``Cardigan`` corgi, 264).
+as its own name, ignoring case (``"cardigan"`` is the sweater, 474; ``"Cardigan"``, as torchvision
+writes it, is the corgi, 264).
 Names are not unique keys: two common names repeat (``missile``: 657 and 744, ``sunglasses``:
 836 and 837), and a spec naming one of them is refused with both indices. Sorted WordNet ids
 are the standard class indices.
@@ -178,6 +179,45 @@ class ClassList(Sequence[ClassInfo]):
         """Class indices selected by a spec (see :func:`parse_class_spec`)."""
         return parse_class_spec(spec, self)
 
+    def index_of(self, name: str) -> int:
+        """The index of one class given by name, id or alias.
+
+        Order: an external id (WordNet id); a class name as written; an alias as written (ImageNet:
+        torchvision's names, so ``"Cardigan"`` is torchvision's corgi, 264); then both ignoring case
+        (``"cardigan"`` is the sweater, 474: a class's own name wins over another class's alias).
+
+        Raises:
+            ClassSpecError: an unknown name (with close matches), or a name two classes share.
+        """
+        key = str(name).strip()
+        lookup = self._lookup()
+        for table in ("ids", "names", "aliases", "names_lower", "aliases_lower"):
+            found = lookup[table].get(key.lower() if table.endswith("_lower") else key)
+            if found:
+                if len(found) > 1:
+                    raise ClassSpecError(f"class name {key!r} is ambiguous in {self.name}: classes "
+                                         f"{' and '.join(map(str, found))} have it; select by index instead")
+                return found[0]
+        hint = close_matches(key.lower(), [*lookup["names_lower"], *lookup["aliases_lower"]])
+        raise ClassSpecError(f"unknown class {key!r} in {self.name}.{hint} Use indices 0-{len(self) - 1}, ranges "
+                             "like '0-9', or class names")
+
+    def _lookup(self) -> dict[str, dict[str, list[int]]]:
+        cached = self.__dict__.get("_lookup_tables")
+        if cached is None:
+            tables: dict[str, dict[str, list[int]]] = {t: {} for t in ("ids", "names", "aliases", "names_lower",
+                                                                         "aliases_lower")}
+            for c in self._classes:
+                if c.wnid:
+                    tables["ids"].setdefault(c.wnid, []).append(c.index)
+                tables["names"].setdefault(c.name, []).append(c.index)
+                tables["names_lower"].setdefault(c.name.lower(), []).append(c.index)
+            for alias, i in self.aliases.items():
+                tables["aliases"].setdefault(alias, []).append(int(i))
+                tables["aliases_lower"].setdefault(alias.lower(), []).append(int(i))
+            cached = self.__dict__["_lookup_tables"] = tables
+        return cached
+
     def class_to_idx(self) -> dict[str, int]:
         """``{name: index}``. Names are not unique keys: a repeated name maps to its first class
         (ImageNet: ``missile`` 657, ``sunglasses`` 836); use indices where it matters."""
@@ -275,9 +315,9 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
     """Class indices from a spec, in the order given, without duplicates.
 
     Accepts ``None``/``"all"`` (every class), an int, a list of ints/names, or a string
-    such as ``"0-9,207"``, ``"goldfish,n01440764"`` (names and WordNet ids resolve too; names
-    case-insensitively, then the list's aliases such as torchvision's ImageNet names; a name
-    two classes share is refused).
+    such as ``"0-9,207"``, ``"goldfish,n01440764"`` (names, WordNet ids and aliases such as
+    torchvision's ImageNet names resolve too, see :meth:`ClassList.index_of`; a name two classes
+    share is refused).
 
     Raises:
         ClassSpecError: unknown names, indices out of range, or an empty selection.
@@ -291,14 +331,6 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
         items = [p.strip() for p in spec.split(",") if p.strip()]
     else:
         items = list(spec)
-    by_name: dict[str, list[int]] = {}
-    for c in classes:
-        by_name.setdefault(c.name.lower(), []).append(c.index)
-    by_alias: dict[str, list[int]] = {}
-    for alias, i in classes.aliases.items():
-        if alias.lower() not in by_name:  # a class's own name wins over another class's alias
-            by_alias.setdefault(alias.lower(), []).append(int(i))
-    by_wnid = {c.wnid: c.index for c in classes if c.wnid}
     out: list[int] = []
     for item in items:
         if isinstance(item, bool):
@@ -310,22 +342,10 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
             if lo > hi:
                 raise ClassSpecError(f"class range {item!r} is empty; write it low-high, e.g. '0-9'")
             idx = list(range(lo, hi + 1))
-        elif isinstance(item, str) and item in by_wnid:
-            idx = [by_wnid[item]]
-        elif isinstance(item, str) and (item.lower() in by_name or item.lower() in by_alias):
-            idx = by_name.get(item.lower()) or by_alias[item.lower()]
-            if len(set(idx)) > 1:
-                raise ClassSpecError(
-                    f"class name {item!r} is ambiguous in {classes.name}: classes "
-                    f"{' and '.join(map(str, sorted(set(idx))))} have it; select by index instead"
-                )
-            idx = idx[:1]
+        elif isinstance(item, str):
+            idx = [classes.index_of(item)]
         else:
-            hint = close_matches(str(item).lower(), [*by_name, *by_alias])
-            raise ClassSpecError(
-                f"unknown class {item!r} in {classes.name}.{hint} Use indices 0-{n - 1}, ranges like '0-9', "
-                "or class names"
-            )
+            raise ClassSpecError(f"class {item!r} is not a class index or name")
         for i in idx:
             if not 0 <= i < n:
                 raise ClassSpecError(

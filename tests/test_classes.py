@@ -49,10 +49,17 @@ def test_shipped_table_is_the_reference_table(shared_data):
 
 
 def test_torchvision_names_resolve_as_aliases():
+    from dsi_bench.models import ClassMap
+
     classes = imagenet_classes()
     assert classes.resolve("cock,peacock,Rooster") == [7, 84]
-    # a class's own name wins over another class's torchvision name: 'cardigan' is the sweater
-    assert classes.resolve("cardigan") == [474] and classes[264].name == "Cardigan Welsh Corgi"
+    # as written, torchvision's 'Cardigan' is the corgi; ignoring case, a class's own name wins: the sweater
+    assert classes.resolve("Cardigan") == [264] and classes[264].name == "Cardigan Welsh Corgi"
+    assert classes.resolve("cardigan") == [474] and classes.resolve("CARDIGAN") == [474]
+    # class maps (model outputs by name) resolve the same way, and refuse a shared name
+    assert ClassMap.from_entries(["cock", "n01440764", "Cardigan", None], classes).targets == [7, 0, 264, -1]
+    with pytest.raises(Exception, match="ambiguous.*657 and 744"):
+        ClassMap.from_entries(["missile"], classes)
 
 
 @pytest.mark.parametrize("name, indices", [("missile", "657 and 744"), ("sunglasses", "836 and 837")])
