@@ -100,6 +100,15 @@ class ClassList(Sequence[ClassInfo]):
         return [c.name for c in self._classes]
 
     @property
+    def unique_names(self) -> list[str]:
+        """Names made unique where they repeat, ``"{name} ({index})"`` (ImageNet: ``missile (657)``,
+        ``missile (744)``): for formats that key labels by name (a ``datasets.ClassLabel``)."""
+        counts: dict[str, int] = {}
+        for c in self._classes:
+            counts[c.name] = counts.get(c.name, 0) + 1
+        return [c.name if counts[c.name] == 1 else f"{c.name} ({c.index})" for c in self._classes]
+
+    @property
     def ids(self) -> list[str | None]:
         """Each class's external id (WordNet id for ImageNet), ``None`` where it has none."""
         return [c.wnid for c in self._classes]

@@ -10,7 +10,8 @@ Export layout (what ``--dry-run OUT`` writes and what is uploaded)::
     data/{shift}/{shift}-{k:06d}.parquet      image, label, key, metadata  (--format parquet)
 
 Both load with ``datasets.load_dataset(OUT_OR_REPO, name=shift, split="test")`` (and with
-``streaming=True``); the card declares the features, with labels as a 1000-name ``ClassLabel``.
+``streaming=True``); the card declares the features, with labels as a ``ClassLabel`` of the label
+space's names (a repeated name gets its index: ``missile (657)``).
 WebDataset columns are named by the members (``png``/``jpg``, ``cls``, ``json``, ``__key__``);
 Parquet columns are ``image``, ``label``, ``key``, ``metadata`` (JSON text).
 
@@ -221,7 +222,8 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         raise ShardError(f"refusing to publish: shift(s) {', '.join(empty) or 'all'} have no samples")
     from .classes import choose_class_list
 
-    class_names = choose_class_list(class_list, shards.class_list, repr(str(shards_dir))).names
+    # ClassLabel keys labels by name: repeated names (ImageNet's two 'missile's) get their index appended
+    class_names = choose_class_list(class_list, shards.class_list, repr(str(shards_dir))).unique_names
     out = ensure_writable_dir(out, "export folder")
     infos = {}
     for shift in shards.shifts:
