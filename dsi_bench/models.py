@@ -134,7 +134,8 @@ class ClassMap:
                 try:  # WordNet id, name or alias (torchvision's ImageNet names); shared names are refused
                     targets.append(classes.index_of(e))
                 except ClassSpecError as cause:
-                    raise SpecError(f"class map {source}: output {k} maps to {e!r}: {cause}") from cause
+                    raise SpecError(f"class map {source}: output {k} maps to {e!r}, which is not a class index, "
+                                    f"WordNet id or unique class name of the label space ({cause})") from cause
             else:
                 raise SpecError(f"class map {source}: output {k} maps to {e!r}, which is not a class index, WordNet id "
                                 "or class name of the label space")

@@ -121,7 +121,8 @@ def test_the_dataset_follows_the_bank(my_bank, spec, toys):
 
 # ---------------------------------------------------------------------- build, eval, score, publish
 def test_build_eval_score_and_publish_carry_the_banks_classes(my_bank, spec, toys, tmp_path):
-    from dsi_bench import ShiftedDataset, build_shards, evaluate, score_predictions
+    from dsi_bench import ShiftedDataset, build_shards, score_predictions
+    from dsi_bench.evaluate import evaluate  # dsi_bench.evaluate is also the module's name
     from dsi_bench.hub import export_dataset
     from dsi_bench.sources.hub import HubSource
     from dsi_bench.testing import tiny_classifier
