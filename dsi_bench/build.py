@@ -68,6 +68,8 @@ class ShardJob:
 
     #: JSON-able dict of everything that determines the shards' bytes.
     plan: dict
+    #: What the job does, as its progress bars say it ("build", "convert").
+    verb: str = "build"
 
     @property
     def plan_hash(self) -> str:
@@ -309,7 +311,7 @@ def _worker_main(job: ShardJob, out: str, rank: int, world: int, device: str | N
     job.prepare(device)
     tasks = job.tasks()
     summary = BuildSummary(out, "local", len(tasks))
-    _run_tasks(job, Path(out), tasks[rank::world], progress and rank == 0, f"build[{rank}]", summary)
+    _run_tasks(job, Path(out), tasks[rank::world], progress and rank == 0, f"{job.verb}[{rank}]", summary)
 
 
 def run_job(
@@ -351,7 +353,7 @@ def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite,
         _check_plan(job, out, False)  # every rank writes the same plan file: harmless
         job.prepare(_rank_device(devices, w.local_rank) or job.rank_device(w.local_rank))
         _sweep_temporaries(out, mine)
-        _run_tasks(job, out, mine, progress and rank == 0, f"build[rank {rank}]", summary)
+        _run_tasks(job, out, mine, progress and rank == 0, f"{job.verb}[rank {rank}]", summary)
     else:
         _check_plan(job, out, overwrite)
         _sweep_temporaries(out, tasks)
@@ -361,7 +363,7 @@ def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite,
             _run_processes(job, out, list(devices), progress, summary, tasks)
         else:
             job.prepare(devices[0] if devices else None)
-            _run_tasks(job, out, tasks, progress, "build", summary)
+            _run_tasks(job, out, tasks, progress, job.verb, summary)
     summary.manifest = finalize(job, out, tasks)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -412,7 +414,7 @@ def _run_ray(job, out: Path, tasks, address, gpus_per_task, progress, summary: B
     remote = ray.remote(num_gpus=gpus_per_task, num_cpus=1, max_retries=2)(_ray_build_shard)
     job_ref = ray.put(job)
     pending = {remote.remote(job_ref, str(out), t): t for t in todo}
-    with tqdm(total=sum(len(t.items) for t in todo), desc="build[ray]", unit="img", disable=not progress,
+    with tqdm(total=sum(len(t.items) for t in todo), desc=f"{job.verb}[ray]", unit="img", disable=not progress,
               dynamic_ncols=True) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -609,6 +611,7 @@ def build_shards(
     import torch
 
     from .compat import reject_unknown, renamed
+    from .devices import resolve_device
     from .images import check_image_options
     from .pipeline import PipelineSpec, check_model
     from .shifts import get_shift
@@ -623,6 +626,9 @@ def build_shards(
     check_positive_int(samples_per_shard, "samples_per_shard", example=1000)
     check_positive_int(cpu_threads, "cpu_threads", optional=cpu_threads is None)
     check_model(spec.model)
+    if engine != "ray":  # this machine's devices, before the output folder exists (Ray workers have their own)
+        for device in devices or [spec.device]:
+            resolve_device(device, check=True)
     class_list = tokens_class_list(tokens, class_list)
     indices = class_list.resolve(classes)
     shift_objs = [get_shift(s) for s in shifts]

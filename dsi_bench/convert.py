@@ -23,6 +23,8 @@ __all__ = ["ReleaseJob", "convert_release"]
 class ReleaseJob(ShardJob):
     """Converts release shifts to shards: original JPEG bytes, masks recorded as ``keep`` in ``.json``."""
 
+    verb = "convert"
+
     def __init__(self, sets: list[ReleaseSet], masks: Masks | None, masks_sha256: str | None,
                  samples_per_shard: int):
         import hashlib

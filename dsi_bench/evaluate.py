@@ -315,7 +315,7 @@ def evaluate(
     if class_map is not None and loaded.num_outputs is not None and loaded.num_outputs != len(class_map):
         raise SpecError(f"the class map {class_map.source!r} lists {len(class_map)} outputs but {loaded.name} has "
                         f"{loaded.num_outputs}")
-    device = resolve_device(device)
+    device = resolve_device(device, check=True)
     dist, created = init_process_group(device)
     if dist is not None:
         device = World.from_env().device(device)

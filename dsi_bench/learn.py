@@ -1,12 +1,17 @@
 """Learning class tokens (textual inversion) for any labelled image dataset, many classes at once.
 
-The method is the reference's: one new token per class, initialised to the mean embedding of
+The method is the reference's: one new token per class, initialised to the mean embedding e_init of
 the class name's tokens; only the new embeddings train (the embedding table, the text encoder,
-the UNet and the VAE stay frozen, so every existing row is bit-identical afterwards); after each
-step each new embedding is rescaled to its initial norm ("magnitude pinning"); prompts come from
-the 27 standard "a photo of a {}" templates; images are centre-cropped and randomly flipped; the
-target is the noise or the velocity, as the noise scheduler's ``prediction_type`` says (SD2 is
-v-prediction).
+the UNet and the VAE stay frozen, so every existing row is bit-identical afterwards); magnitude
+pinning by re-parametrisation in the forward pass: the raw trainable row ``w`` is free, the row the
+text encoder sees is ``w·‖e_init‖/‖w‖``, AdamW (betas 0.9/0.999, weight decay 1e-2) acts on ``w``,
+and the pinned row is what is saved; prompts come from the 27 standard "a photo of a {}" templates;
+images are square centre-cropped, resized (bicubic) to the training resolution (by default the
+generator's native size) and randomly flipped; the target is the noise or the velocity, as the
+noise scheduler's ``prediction_type`` says (SD2 is v-prediction). In fp16 the frozen models run
+under autocast, the text encoder's weights and the new rows stay fp32, and a gradient scaler
+(``torch.amp.GradScaler``) keeps small gradients from underflowing (what accelerate does for the
+reference); bf16 needs no scaler.
 
 Faster by design:
 
@@ -57,14 +62,23 @@ IMAGENET_TEMPLATES = (
     "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
 )
 
-#: ``reference``: the ImageNet* settings (3000 steps, lr 5e-4 constant, AdamW, batch 1, 768 px).
-#: ``fast`` (default): 1000 steps at lr 2e-3 and 512 px. Our choice, not validated on SD2 here
-#: (no weights could be downloaded): the reference's lr x 4 for a third of the steps, the usual
-#: trade for textual inversion; use ``reference`` to reproduce the paper's tokens.
+#: ``reference`` (default): the ImageNet* settings (3000 steps, lr 5e-4 constant, AdamW with weight
+#: decay 1e-2, batch 1, the generator's native resolution: 768 px for SD2).
+#: ``fast``: 1000 steps at lr 2e-3, otherwise the same method. Our choice, not validated on a real
+#: model (no weights could be downloaded here): the reference's lr x 4 for a third of the steps,
+#: the usual trade for textual inversion. ``resolution: None`` = the generator's native size.
 PRESETS = {
-    "reference": {"steps": 3000, "lr": 5e-4, "resolution": 768, "weight_decay": 1e-2},
-    "fast": {"steps": 1000, "lr": 2e-3, "resolution": 512, "weight_decay": 1e-2},
+    "reference": {"steps": 3000, "lr": 5e-4, "resolution": None, "weight_decay": 1e-2},
+    "fast": {"steps": 1000, "lr": 2e-3, "resolution": None, "weight_decay": 1e-2},
 }
+
+#: AdamW's betas in every preset (the reference's, torch's defaults).
+ADAM_BETAS = (0.9, 0.999)
+
+#: A training resolution above this multiple of the generator's native size is refused unless
+#: ``allow_high_resolution=True``: the VAE's attention grows with the square of the pixel count, so
+#: 512 px on a 32-px model ran 14 CPU-minutes at 3.5 GB for 6 steps.
+MAX_RESOLUTION_OVER_NATIVE = 2
 
 
 @dataclass
@@ -173,8 +187,15 @@ def load_training_data(data, classes=None) -> TrainingData:
     return TrainingData(class_list, {c: items[c] for c in wanted})
 
 
-def _new_token_embedding(table, first_new_id: int, rows):
-    """An input-embedding module: the frozen table for existing ids, trainable ``rows`` for new ones."""
+def _pin_rows(raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """The rows the text encoder sees: ``raw·norms/‖raw‖`` row by row (the reference's magnitude pinning,
+    a re-parametrisation: the gradient reaches ``raw`` through it, and AdamW's weight decay acts on ``raw``)."""
+    return raw * (norms / raw.norm(dim=-1)).unsqueeze(-1)
+
+
+def _new_token_embedding(table, first_new_id: int, rows, norms=None):
+    """An input-embedding module: the frozen table for existing ids, trainable ``rows`` for new ones
+    (pinned to ``norms`` in the forward when given)."""
     import torch
 
     class NewTokenEmbedding(torch.nn.Module):
@@ -182,6 +203,7 @@ def _new_token_embedding(table, first_new_id: int, rows):
             super().__init__()
             self.table = table
             self.rows = rows
+            self.norms = norms
             self.first_new_id = first_new_id
 
         @property
@@ -192,7 +214,8 @@ def _new_token_embedding(table, first_new_id: int, rows):
             out = self.table(ids.clamp(max=self.first_new_id - 1))
             new = ids >= self.first_new_id
             if bool(new.any()):
-                picked = self.rows[(ids - self.first_new_id).clamp(min=0)].to(out.dtype)
+                rows = self.rows if self.norms is None else _pin_rows(self.rows, self.norms)
+                picked = rows[(ids - self.first_new_id).clamp(min=0)].to(out.dtype)
                 out = torch.where(new[..., None], picked, out)
             return out
 
@@ -200,8 +223,10 @@ def _new_token_embedding(table, first_new_id: int, rows):
 
 
 def _prepare_images(items: list, resolution: int):
-    """Decoded, centre-cropped images and their mirrors as ``(2n, 3, r, r)`` in [-1, 1]; decode failures skipped."""
+    """Decoded images and their mirrors as ``(2n, 3, r, r)`` in [-1, 1], as the reference prepares them:
+    square centre crop, then PIL's bicubic resize to ``r``; decode failures skipped."""
     import torch
+    from PIL import Image
     from torchvision.transforms import functional as F
 
     out, skipped = [], 0
@@ -211,7 +236,10 @@ def _prepare_images(items: list, resolution: int):
         except Exception:  # noqa: BLE001 - any undecodable file is skipped and counted
             skipped += 1
             continue
-        image = F.center_crop(F.resize(image, resolution, interpolation=F.InterpolationMode.BICUBIC), resolution)
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
         x = F.to_tensor(image) * 2 - 1
         out += [x, torch.flip(x, dims=[2])]
     return (torch.stack(out) if out else None), skipped
@@ -221,36 +249,43 @@ def _prepare_images(items: list, resolution: int):
 class TrainConfig:
     """Settings of token learning (frozen: one object describes a run and is recorded in the bank).
 
-    Build one from a preset with :meth:`from_preset`. ``max_steps`` is the number of training
-    steps per class (one sample of the class per step).
+    Build one from a preset with :meth:`from_preset`; the default is the ``reference`` preset.
+    ``max_steps`` is the number of training steps per class (one sample of the class per step).
+    ``resolution=None`` trains at the generator's native size (``unet.config.sample_size`` x the
+    VAE's scale factor: 768 px for SD2); more than :data:`MAX_RESOLUTION_OVER_NATIVE` x native is
+    refused unless ``allow_high_resolution=True``.
 
     Raises:
         SpecError: a setting out of its range.
     """
 
-    preset: str = "fast"
-    max_steps: int = PRESETS["fast"]["steps"]
-    lr: float = PRESETS["fast"]["lr"]
-    resolution: int = PRESETS["fast"]["resolution"]
-    weight_decay: float = PRESETS["fast"]["weight_decay"]
+    preset: str = "reference"
+    max_steps: int = PRESETS["reference"]["steps"]
+    lr: float = PRESETS["reference"]["lr"]
+    resolution: int | None = PRESETS["reference"]["resolution"]
+    weight_decay: float = PRESETS["reference"]["weight_decay"]
     classes_per_batch: int = 8
     seed: int = 0
     save_every: int = 100
     eval_draws: int = 0
+    allow_high_resolution: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.preset, "preset", PRESETS)
         check_positive_int(self.max_steps, "max_steps", example=1000)
-        check_positive_int(self.resolution, "resolution", example=512)
+        if self.resolution is not None:
+            check_positive_int(self.resolution, "resolution", example=768)
         check_positive_int(self.classes_per_batch, "classes_per_batch", example=8)
         check_positive_int(self.save_every, "save_every", example=100)
         check_non_negative_int(self.seed, "seed")
         check_non_negative_int(self.eval_draws, "eval_draws")
         if not self.lr > 0:
             raise SpecError(f"lr={self.lr!r} must be > 0, e.g. 5e-4")
+        if not self.weight_decay >= 0:
+            raise SpecError(f"weight_decay={self.weight_decay!r} must be >= 0, e.g. 1e-2")
 
     @classmethod
-    def from_preset(cls, preset: str = "fast", **overrides) -> TrainConfig:
+    def from_preset(cls, preset: str = "reference", **overrides) -> TrainConfig:
         """The preset's settings (:data:`PRESETS`) with the given overrides (``None`` keeps the preset's)."""
         check_choice(preset, "preset", PRESETS)
         values = {"preset": preset, "max_steps": PRESETS[preset]["steps"], "lr": PRESETS[preset]["lr"],
@@ -258,10 +293,33 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def resolve_resolution(self, native: int, model: str = "the generator") -> int:
+        """The training resolution for a generator of native size ``native`` px.
+
+        Raises:
+            SpecError: more than :data:`MAX_RESOLUTION_OVER_NATIVE` x native without ``allow_high_resolution``.
+        """
+        if self.resolution is None:
+            return native
+        if self.resolution > MAX_RESOLUTION_OVER_NATIVE * native and not self.allow_high_resolution:
+            raise SpecError(
+                f"resolution={self.resolution} px is more than {MAX_RESOLUTION_OVER_NATIVE}x the native {native} px "
+                f"of {model}: each step would cost about {(self.resolution / native) ** 2:.0f}x the time and memory "
+                f"of a native-size step for no benefit; leave the resolution out (native), or force it with "
+                "--allow-high-resolution (allow_high_resolution=True)")
+        return self.resolution
+
     def record(self) -> dict:
-        """What a bank records about its training (``extra["training"]``; ``steps`` is ``max_steps``)."""
+        """What a bank records about its training (``extra["training"]``; ``steps`` is ``max_steps``;
+        the trainer replaces ``resolution`` with the one used)."""
         return {"preset": self.preset, "steps": self.max_steps, "lr": self.lr, "resolution": self.resolution,
-                "weight_decay": self.weight_decay, "classes_per_batch": self.classes_per_batch, "seed": self.seed}
+                "weight_decay": self.weight_decay, "adam_betas": list(ADAM_BETAS),
+                "classes_per_batch": self.classes_per_batch, "seed": self.seed,
+                "magnitude_pinning": PINNING}
+
+
+#: How the new rows keep their initial norm (recorded in every bank; a resumed bank must match).
+PINNING = "reparametrised: w*|e_init|/|w| in the forward, AdamW on w"
 
 
 class TokenTrainer:
@@ -356,7 +414,15 @@ class TokenTrainer:
         self.text_encoder, self.tokenizer = parts.text_encoder, parts.tokenizer
         self.text_encoder.requires_grad_(False)
         self.table = self.text_encoder.get_input_embeddings()
-        self.amp = self.spec.device_type == "cuda" and self.spec.torch_dtype != torch.float32
+        # Mixed precision as the reference (accelerate, fp16): the frozen UNet and VAE in the caller's dtype,
+        # the text encoder's weights (a private copy) and the new rows in fp32, the forward under autocast,
+        # and in fp16 a gradient scaler so that small gradients do not underflow. bf16 has fp32's range.
+        self.amp = self.spec.torch_dtype != torch.float32
+        if self.amp:
+            self.text_encoder.float()
+        self.use_scaler = self.spec.torch_dtype == torch.float16
+        self.native_resolution = _native_resolution(self.unet, self.vae)
+        self.resolution = self.config.resolve_resolution(self.native_resolution, self.spec.model)
 
     def init_rows(self) -> None:
         """Token names and initial rows: the mean embedding of each class name's tokens."""
@@ -380,7 +446,7 @@ class TokenTrainer:
                                      "words")
             init.append(weight[torch.tensor(ids, device=weight.device)].float().mean(0).cpu())
         self.init = torch.stack(init)
-        self.rows = self.init.clone()
+        self.rows = self.init.clone()  # the raw trainable rows w; the text encoder sees _pin_rows(w, |e_init|)
         self.done = {c: 0 for c in self.class_ids}
         self.saved_state: dict = {}
 
@@ -398,14 +464,36 @@ class TokenTrainer:
         record = old.extra.get("training", {})
         if record.get("base_model_fingerprint") not in (None, _model_id(self.spec)):
             raise TokenBankError(f"{str(self.bank_path)!r} was trained on another model; use another output path")
-        for c in self.class_ids:
-            if c in old:
-                self.rows[self.row_of[c]] = old.embedding(c)
-                self.done[c] = int(record.get("steps_done", {}).get(str(c), 0))
         if self.state_path.is_file():
             from safetensors.torch import load_file
 
             self.saved_state = load_file(self.state_path)
+        for c in self.class_ids:
+            if c in old:
+                # the raw row w if the state has it (its norm drifts under weight decay), else the saved pinned row
+                raw = self.saved_state.get(f"raw.{c}")
+                self.rows[self.row_of[c]] = raw.float() if raw is not None else old.embedding(c)
+                self.done[c] = int(record.get("steps_done", {}).get(str(c), 0))
+        unfinished = [c for c in self.class_ids if 0 < self.done[c] < self.config.max_steps]
+        if unfinished:
+            self.check_same_settings(record)
+
+    def check_same_settings(self, record: dict) -> None:
+        """A run that continues unfinished classes must train them as they were started.
+
+        Raises:
+            TokenBankError: a setting that changes the trajectory (lr, weight decay, resolution, seed,
+                magnitude pinning) differs from the bank's record.
+        """
+        ours = {"lr": self.config.lr, "weight_decay": self.config.weight_decay, "resolution": self.resolution,
+                "seed": self.config.seed, "magnitude_pinning": PINNING}
+        theirs = {k: record.get(k) for k in ours}
+        if theirs["magnitude_pinning"] is None:
+            theirs["magnitude_pinning"] = "rescaled after each step (dsi-bench 0.2 and earlier)"
+        diff = [f"{k}: {theirs[k]!r} there, {v!r} now" for k, v in ours.items() if theirs[k] != v]
+        if diff:
+            raise TokenBankError(f"{str(self.bank_path)!r} has unfinished classes trained with other settings "
+                                 f"({'; '.join(diff)}); rerun with its settings or use another output path")
 
     def install(self) -> None:
         """Add the tokens to the tokenizer and route their ids to the trainable rows."""
@@ -417,9 +505,9 @@ class TokenTrainer:
         if ids != list(range(first_new, first_new + len(self.tokens))):
             raise TokenBankError("the tokenizer did not give the new tokens consecutive ids; report this with the "
                                  "model")
-        self.param = torch.nn.Parameter(self.rows.to(self.spec.device))
-        self.norms = self.init.norm(dim=1).to(self.spec.device)
-        self.text_encoder.set_input_embeddings(_new_token_embedding(self.table, first_new, self.param))
+        self.param = torch.nn.Parameter(self.rows.to(self.spec.device))  # raw rows w, fp32
+        self.norms = self.init.norm(dim=1).to(self.spec.device)  # |e_init|
+        self.text_encoder.set_input_embeddings(_new_token_embedding(self.table, first_new, self.param, self.norms))
 
     def uninstall(self) -> None:
         self.text_encoder.set_input_embeddings(self.table)
@@ -438,7 +526,7 @@ class TokenTrainer:
 
         latents = {}
         for c in group:
-            pixels, bad = _prepare_images(self.train.items[c], self.config.resolution)
+            pixels, bad = _prepare_images(self.train.items[c], self.resolution)
             self.skipped += bad
             if pixels is None:
                 raise SpecError(f"no image of class {self.train.class_list[c].name!r} could be decoded ({bad} failed)")
@@ -464,13 +552,13 @@ class TokenTrainer:
         return gens
 
     def optimizers(self, group: list[int]) -> dict:
-        """One AdamW per class: elementwise anyway, and it makes each class's state separable."""
+        """One AdamW per class on its raw row ``w``: elementwise anyway, and it makes each class's state separable."""
         import torch
 
         opts = {}
         for c in group:
             view = torch.nn.Parameter(self.param.data[self.row_of[c]].clone())
-            opt = torch.optim.AdamW([view], lr=self.config.lr, weight_decay=self.config.weight_decay)
+            opt = torch.optim.AdamW([view], lr=self.config.lr, betas=ADAM_BETAS, weight_decay=self.config.weight_decay)
             if f"adam.{c}.exp_avg" in self.saved_state:
                 opt.state[view] = {"step": self.saved_state[f"adam.{c}.step"].clone(),
                                    "exp_avg": self.saved_state[f"adam.{c}.exp_avg"].to(self.spec.device),
@@ -478,37 +566,48 @@ class TokenTrainer:
             opts[c] = (opt, view)
         return opts
 
-    def train_group(self, group: list[int]) -> None:
-        """Train a group of classes together until done or the run's budget is spent, then save."""
+    def scalers(self, group: list[int]) -> dict:
+        """One gradient scaler per class (enabled in fp16 only), resumed if saved.
+
+        Each class's loss is scaled by its own factor: its row's gradient comes from its own sample
+        only, so an overflow in one class skips that class's step alone and classes trained together
+        follow the same trajectories as each trained alone, in fp16 too.
+        """
         import torch
 
-        latents, gens, opts = self.encode_latents(group), self.generators(group), self.optimizers(group)
+        out = {}
+        for c in group:
+            scaler = torch.amp.GradScaler(self.spec.device_type, enabled=self.use_scaler)
+            if self.use_scaler and f"scaler.{c}.scale" in self.saved_state:
+                scaler.load_state_dict({**scaler.state_dict(),
+                                        "scale": float(self.saved_state[f"scaler.{c}.scale"]),
+                                        "_growth_tracker": int(self.saved_state[f"scaler.{c}.growth_tracker"])})
+            out[c] = scaler
+        return out
+
+    def train_group(self, group: list[int]) -> None:
+        """Train a group of classes together until done or the run's budget is spent, then save."""
+
+        latents, gens = self.encode_latents(group), self.generators(group)
+        opts, scalers = self.optimizers(group), self.scalers(group)
         total = self.config.max_steps
         before = self.held_out_loss(group, latents) if self.config.eval_draws else None
         while any(self.done[c] < total for c in group) and self.steps_run < self.budget:
             active = [c for c in group if self.done[c] < total]
-            for c in active:  # each class's own parameter, written into the shared table view
-                self.param.data[self.row_of[c]] = opts[c][1].data
-            self.param.grad = None
-            per_sample = self.forward_loss(active, gens, latents)
-            per_sample.sum().backward()  # one sample per class: the sum of per-class means
+            per_sample = self.forward_loss(active, gens, latents)  # one sample per class
+            _optimizer_step(self.param, per_sample, [self.row_of[c] for c in active], [opts[c] for c in active],
+                            [scalers[c] for c in active])
             for c in active:
-                opt, view = opts[c]
-                view.grad = self.param.grad[self.row_of[c]].clone()
-                opt.step()
-                with torch.no_grad():  # magnitude pinning
-                    view.mul_(self.norms[self.row_of[c]] / view.norm())
-                self.param.data[self.row_of[c]] = view.data
                 self.done[c] += 1
             self.steps_run += 1
             self.bar.update(len(active))
             self.losses.append(float(per_sample.detach().mean()))
             self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
             if self.bank_path is not None and self.steps_run % self.config.save_every == 0:
-                self.save(opts, gens)
+                self.save(opts, gens, scalers)
         if before is not None:
             self.held_out[tuple(group)] = (before, self.held_out_loss(group, latents))
-        self.save(opts, gens)
+        self.save(opts, gens, scalers)
 
     def forward_loss(self, active: list[int], gens: dict, latents: dict) -> torch.Tensor:
         """Per-sample diffusion losses, one sample per class, each drawn from its class's generator."""
@@ -561,28 +660,53 @@ class TokenTrainer:
 
     def bank(self) -> TokenBank:
         """The bank as it stands (rows, finished steps and the training record)."""
+        import torch
+
         from .tokens import TokenBank
 
-        return TokenBank(self.param.detach().cpu(), self.infos, self.tokens, base_model=self.spec.model,
+        with torch.no_grad():
+            rows = _pin_rows(self.param.detach(), self.norms).cpu()  # the pinned rows are what is used and saved
+        return TokenBank(rows, self.infos, self.tokens, base_model=self.spec.model,
                          class_list=self.train.class_list, extra={
             "training": {"base_model_fingerprint": _model_id(self.spec), **self.config.record(),
+                         "resolution": self.resolution, "native_resolution": self.native_resolution,
+                         "crop": "square centre crop, bicubic resize, horizontal flip p=0.5",
+                         "precision": self.precision(),
                          "steps_done": {str(c): n for c, n in self.done.items()},
                          "templates": "imagenet_templates_small (27)", "skipped_images": self.skipped,
                          "losses_this_run": self.losses}})
 
-    def save(self, opts: dict, gens: dict) -> None:
-        """The bank and the training state (AdamW moments, generator states), each written atomically."""
+    def precision(self) -> str:
+        """How the forward and backward ran (recorded in the bank)."""
+        dtype = str(self.spec.torch_dtype).replace("torch.", "")
+        if not self.amp:
+            return "float32"
+        return f"{dtype} autocast, fp32 rows and text encoder" + (", GradScaler" if self.use_scaler else "")
+
+    def save(self, opts: dict, gens: dict, scalers: dict | None = None) -> None:
+        """The bank and the training state (raw rows, AdamW moments, gradient scalers, generator states),
+        each written atomically."""
         if self.bank_path is None:
             return
+        import torch
         from safetensors.torch import save as st_save
 
         self.bank().save(self.bank_path)
         tensors = dict(self.saved_state)
         for st in _opt_tensors(opts).values():
             tensors.update(st)
+        for c in opts:
+            tensors[f"raw.{c}"] = self.param.detach()[self.row_of[c]].float()
+        for c, scaler in (scalers or {}).items():
+            if scaler.is_enabled():
+                tensors[f"scaler.{c}.scale"] = torch.tensor(float(scaler.get_scale()))
+                tensors[f"scaler.{c}.growth_tracker"] = torch.tensor(
+                    float(scaler.state_dict().get("_growth_tracker", 0)))
         for c, g in gens.items():
             tensors[f"gen.{c}"] = g.get_state()
-        atomic_write(self.state_path, st_save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+        tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(self.state_path, st_save(tensors))
+        self.saved_state = tensors  # later groups' saves keep this group's final state
 
 
 def learn_tokens(
@@ -591,7 +715,7 @@ def learn_tokens(
     classes=None,
     generator: str | os.PathLike | None = None,
     pipeline=None,
-    preset: str = "fast",
+    preset: str = "reference",
     max_steps: int | None = None,
     lr: float | None = None,
     resolution: int | None = None,
@@ -603,6 +727,7 @@ def learn_tokens(
     dtype: str | None = None,
     max_steps_this_run: int | None = None,
     eval_draws: int = 0,
+    allow_high_resolution: bool = False,
     progress: bool = True,
     **deprecated_names,
 ) -> TokenBank:
@@ -615,13 +740,16 @@ def learn_tokens(
         classes: which classes to learn (default: all).
         generator: the diffusion model, a diffusers folder or Hub id (overrides ``pipeline.model``).
         pipeline: a :class:`~dsi_bench.pipeline.PipelineSpec` (model, device, dtype).
-        preset: ``"fast"`` (default) or ``"reference"`` (see :data:`PRESETS`); ``max_steps`` (training
-            steps per class), ``lr``, ``resolution`` override it.
+        preset: ``"reference"`` (default: the ImageNet* settings) or ``"fast"`` (see :data:`PRESETS`);
+            ``max_steps`` (training steps per class), ``lr``, ``resolution`` override it.
+        resolution: training size in px; default the generator's native size (768 px for SD2).
+            More than twice native is refused unless ``allow_high_resolution=True``.
         classes_per_batch: how many classes train together (one sample each per step).
         seed: base seed of the per-class generators.
         out: bank path (``.safetensors``); with it, progress is saved every ``save_every`` steps
             and at the end of each group, and a rerun resumes.
-        device, dtype: override the pipeline's (GPU: fp16/bf16 frozen models; the new rows stay fp32).
+        device, dtype: override the pipeline's. In float16/bfloat16 the frozen UNet and VAE run in that
+            dtype under autocast, the text encoder and the new rows stay fp32, and fp16 uses a gradient scaler.
         max_steps_this_run: stop after this many steps (time-boxed jobs; rerun to continue).
         eval_draws: if > 0, the loss over this many fixed draws per class is measured before and
             after training each group (``bank.extra["training"]["held_out_loss"]``; ``None`` when no
@@ -631,8 +759,9 @@ def learn_tokens(
     (``max_steps=``).
 
     Raises:
-        SpecError: bad settings or data; TokenBankError: names that tokenize to nothing, tokens
-            already in the tokenizer, a resumed bank of another model or dimension.
+        SpecError: bad settings or data, a resolution far above native; TokenBankError: names that
+            tokenize to nothing, tokens already in the tokenizer, a resumed bank of another model or
+            dimension, or with unfinished classes trained with other settings.
     """
     from .compat import reject_unknown, renamed
     from .pipeline import PipelineSpec
@@ -643,11 +772,36 @@ def learn_tokens(
     reject_unknown(deprecated_names, "learn_tokens")
     config = TrainConfig.from_preset(preset, max_steps=max_steps, lr=lr, resolution=resolution,
                                      classes_per_batch=classes_per_batch, seed=seed, save_every=save_every,
-                                     eval_draws=eval_draws)
+                                     eval_draws=eval_draws, allow_high_resolution=allow_high_resolution)
     spec = (pipeline or PipelineSpec()).replace(model=None if generator is None else os.fspath(generator),
                                                 device=device, dtype=dtype)
     return TokenTrainer(data, config, spec, classes=classes, out=out, max_steps_this_run=max_steps_this_run,
                         progress=progress).run()
+
+
+def _optimizer_step(param, losses, rows: list[int], opts: list, scalers: list) -> None:
+    """One step of the classes whose per-class ``losses`` are given (a 1-d tensor).
+
+    ``param`` holds the raw rows ``w`` (fp32) the forward pinned; ``rows[i]`` is the row of the class
+    of ``losses[i]``, ``opts[i]`` its ``(AdamW, raw row)`` and ``scalers[i]`` its gradient scaler. Each
+    loss is scaled by its class's scaler, the gradient reaches ``w`` through the pinning, each AdamW
+    (with its weight decay) steps its class's ``w`` unless its scaler found an inf/nan, and the
+    new ``w`` goes back into ``param``.
+    """
+    for r, (_, view) in zip(rows, opts):  # each class's own parameter, written into the shared rows
+        param.data[r] = view.data
+    param.grad = None
+    sum(scaler.scale(loss) for scaler, loss in zip(scalers, losses)).backward()
+    for r, (opt, view), scaler in zip(rows, opts, scalers):
+        view.grad = param.grad[r].clone()
+        scaler.step(opt)  # unscales, then steps (skipped on inf/nan)
+        scaler.update()
+        param.data[r] = view.data
+
+
+def _native_resolution(unet, vae) -> int:
+    """The generator's native image size: the UNet's latent size x the VAE's downsampling factor."""
+    return int(unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def _rank_path(path: Path, rank: int, world: int) -> Path:

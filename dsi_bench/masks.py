@@ -270,8 +270,11 @@ class Masks:
                 raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from e
         return cls.from_release(load_release_masks(path), str(path))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the keyed ``.npz`` form (atomically)."""
+    def save(self, path: str | os.PathLike, settings: dict | None = None) -> Path:
+        """Write the keyed ``.npz`` form (atomically); ``settings`` (how the flags were made, e.g. the
+        CLIP rule and thresholds) go in as a JSON string entry that :meth:`load` does not need."""
+        import json
+
         from .files import atomic_write
 
         keep = dict(self._keyed)
@@ -280,7 +283,8 @@ class Masks:
                 keep.setdefault(f"{shift}/{j // self.per_class:04d}/{j % self.per_class:02d}", bool(flag))
         keys = sorted(keep)
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), keep=np.array([keep[k] for k in keys], dtype=bool))
+        extra = {} if settings is None else {"settings": np.array(json.dumps(settings))}
+        np.savez(buf, keys=np.array(keys), keep=np.array([keep[k] for k in keys], dtype=bool), **extra)
         return atomic_write(path, buf.getvalue())
 
     def check_shift(self, shift_id: str) -> None:

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .devices import resolve_device
 from .errors import ModelLoadError, OfflineError, SpecError, close_matches
 from .memo import Memo
+from .online import hub_unreachable
 from .validate import check_positive_int
 
 if TYPE_CHECKING:
@@ -101,30 +103,6 @@ _DTYPES = {
 }
 _ATTENTION = ("sdpa", "eager")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def resolve_device(device: str | None) -> str:
-    """Normalise a device string; ``"auto"`` picks CUDA, then MPS, then CPU.
-
-    Raises:
-        SpecError: the string is not a torch device.
-    """
-    import torch
-
-    name = (device or "cpu").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        torch.device(name)
-    except (RuntimeError, TypeError) as cause:
-        raise SpecError(
-            f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'"
-        ) from cause
-    return name
 
 
 @dataclass(frozen=True)
@@ -379,19 +357,22 @@ def _hub_commit(model: str, revision: str | None) -> str:
     try:
         path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=["model_index.json"])
         return Path(path).name
-    except Exception:  # noqa: BLE001 - not in the local cache: ask the Hub
+    except Exception as e:  # noqa: BLE001 - not in the local cache: ask the Hub
+        offline = hub_unreachable()
+        if offline is not None:  # at once, not after huggingface_hub's retries
+            raise OfflineError(_offline_message(model, offline)) from e
         from huggingface_hub import HfApi
 
         try:
             return HfApi().model_info(model, revision=revision).sha
-        except Exception as e:  # noqa: BLE001
-            raise OfflineError(_offline_message(model, e)) from e
+        except Exception as err:  # noqa: BLE001
+            raise OfflineError(_offline_message(model, type(err).__name__)) from err
 
 
-def _offline_message(model: str, error: Exception) -> str:
+def _offline_message(model: str, reason: str) -> str:
     return (
-        f"could not fetch model {model!r} from the Hugging Face Hub ({type(error).__name__}); where you are "
-        f"online run `hf download {model} --local-dir DIR`, then pass the folder (generator=DIR / --generator DIR)"
+        f"could not fetch model {model!r} from the Hugging Face Hub ({reason}); where you are online run "
+        f"`hf download {model} --local-dir DIR`, then pass the folder (generator=DIR / --generator DIR)"
     )
 
 
@@ -497,6 +478,9 @@ def _check_worker_device(spec: PipelineSpec) -> None:
 
 def _from_pretrained(cls, spec: PipelineSpec, **kwargs):
     local = _is_local(spec.model)
+    offline = None if local else hub_unreachable()
+    if offline is not None:  # the local Hub cache only, without huggingface_hub's retries
+        kwargs["local_files_only"] = True
     try:
         return cls.from_pretrained(
             str(Path(spec.model).expanduser()) if local else spec.model,
@@ -510,8 +494,8 @@ def _from_pretrained(cls, spec: PipelineSpec, **kwargs):
                 f"could not load {spec.model!r} as a Stable Diffusion pipeline ({first_line}); pass a folder saved "
                 "with pipe.save_pretrained() or downloaded with `hf download`"
             ) from e
-        if isinstance(e, OSError):
-            raise OfflineError(_offline_message(spec.model, e)) from e
+        if offline is not None or isinstance(e, OSError):
+            raise OfflineError(_offline_message(spec.model, offline or type(e).__name__)) from e
         raise
 
 
@@ -534,6 +518,7 @@ def _load_base(spec: PipelineSpec) -> dict:
     if cached is not None:
         return cached
     check_model(spec.model)
+    resolve_device(spec.device, check=True)  # one line naming the devices there are, before any loading
     kwargs = {_dtype_argument(): spec.torch_dtype, "text_encoder": None, "tokenizer": None}
     if not spec.safety_checker:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -74,6 +74,11 @@ class _Root:
         if "://" in text and not text.startswith("file://"):
             import fsspec
 
+            if text.startswith("hf://"):
+                from .online import check_hub
+
+                check_hub(f"shard folder {text!r}", "download it where you are online (hf download --repo-type dataset "
+                          "USER/NAME --local-dir DIR) and pass that folder instead of the URL")
             self.fs, self.path = fsspec.core.url_to_fs(text)
             self.local = None
         else:

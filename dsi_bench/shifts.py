@@ -6,9 +6,14 @@ ImageNet* release's ``base`` plus its 23 shifts, with ids equal to the release's
 names. Five prompts are the published ones; the other 19 are not published and were
 derived by us from the directory names in the same style (``source="dsi-bench"``).
 
+Every shift but ``base`` also has an object-free **caption** ("a photo in the snow", "an oil
+painting"): what the CLIP metric compares an image with to decide whether the shift is there,
+as the original metric does. The release does not publish its captions; ours are derived
+from the prompts by :func:`shift_caption` (drop the object, keep the rest of the wording).
+
 Custom shifts: any template containing ``<TOKEN>`` ("a watercolor painting of a <TOKEN>")
 or a bare phrase ("under water" -> "a photo of a <TOKEN> under water") is a valid shift
-with a stable id derived from its template.
+with a stable id derived from its template; its caption is derived the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from .errors import ShiftError, close_matches
 
-__all__ = ["TOKEN", "Shift", "get_shift", "list_shifts", "SHIFT_GROUPS"]
+__all__ = ["TOKEN", "Shift", "get_shift", "list_shifts", "shift_caption", "SHIFT_GROUPS"]
 
 #: Placeholder for the class token in every prompt template.
 TOKEN = "<TOKEN>"
@@ -40,6 +45,10 @@ class Shift:
         group: one of :data:`SHIFT_GROUPS`.
         version: bumped whenever a template changes, so cached samples never mix.
         source: ``"published"`` (the paper's prompt), ``"dsi-bench"`` (ours) or ``"custom"``.
+        caption: the shift without the object ("a photo in the snow"), which the CLIP metric's
+            reference rule scores the shift with; ``None`` for ``base``. Derived from the template
+            by :func:`shift_caption` unless given. (Not part of the sample key: it does not
+            change a pixel.)
     """
 
     id: str
@@ -48,6 +57,7 @@ class Shift:
     group: str
     version: str = "1"
     source: str = "dsi-bench"
+    caption: str | None = None
 
     def __post_init__(self) -> None:
         if self.template.count(TOKEN) != 1:
@@ -55,6 +65,8 @@ class Shift:
                 f"prompt template {self.template!r} must contain {TOKEN} exactly once, where the "
                 f"class goes, e.g. 'a watercolor painting of a {TOKEN}'"
             )
+        if self.caption is None and self.group != "none":
+            object.__setattr__(self, "caption", shift_caption(self.template))
 
     def prompt(self, token: str) -> str:
         """The prompt for one class: the template with ``<TOKEN>`` replaced by ``token``."""
@@ -69,7 +81,39 @@ def _photo(suffix: str) -> str:
     return f"a photo of a {TOKEN} {suffix}"
 
 
+_ARTICLE = r"(?:a|an|the)"
+
+
+def shift_caption(template: str) -> str | None:
+    """The object-free caption of a prompt template, in the prompts' own words.
+
+    ``"a photo of a <TOKEN> in the snow"`` -> ``"a photo in the snow"``; ``"an oil painting of a
+    <TOKEN>"`` -> ``"an oil painting"``; ``"a photo of a red <TOKEN>"`` -> ``"a photo of something
+    red"``; ``"a photo of a person and a <TOKEN>"`` -> ``"a photo of a person"``; ``"a photo of a
+    <TOKEN> and a flower"`` -> ``"a photo of a flower"``. Anything else: the article and token
+    become ``"something"``. ``None`` when nothing but the object is left (``"a photo of a <TOKEN>"``).
+    """
+    text = " ".join(template.split())
+    tok = re.escape(TOKEN)
+    rules = [
+        (rf"^(.*) of {_ARTICLE} {tok} and (.+)$", r"\1 of \2"),  # ... of a <T> and a flower
+        (rf"^(.*) and {_ARTICLE} {tok}$", r"\1"),  # a photo of a person and a <T>
+        (rf"^(.*) of {_ARTICLE} {tok} (.+)$", r"\1 \2"),  # a photo of a <T> in the snow
+        (rf"^(.*) of {_ARTICLE} {tok}$", r"\1"),  # an oil painting of a <T>
+        (rf"^(.*) of {_ARTICLE} ([\w-]+) {tok}$", r"\1 of something \2"),  # a photo of a red <T>
+    ]
+    for pattern, repl in rules:
+        if re.match(pattern, text):
+            caption = re.sub(pattern, repl, text).strip()
+            break
+    else:
+        caption = re.sub(rf"(?:\b{_ARTICLE} )?{tok}", "something", text).strip()
+    caption = " ".join(caption.split())
+    return None if caption in ("", "a photo", "something", "a photo of something") else caption
+
+
 # (id, display name, template, group, source)
+# Each shift's object-free caption is derived by shift_caption (a test pins them all).
 _CATALOG_ROWS = [
     ("base", "base", f"a photo of a {TOKEN}", "none", "published"),
     # background

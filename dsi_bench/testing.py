@@ -342,9 +342,12 @@ def oracle_classifier() -> tuple[torch.nn.Module, Callable]:
     return Oracle(), T.ToTensor()
 
 
-def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
+def save_tiny_clip(path: str | os.PathLike, seed: int = 0, *, eos_token_id: int | None = None) -> Path:
     """A tiny real ``CLIPModel`` + ``CLIPProcessor`` (32 px images; text width 32, like the tiny
-    pipeline's text encoder, so tiny token banks can be scored as tokens), saved to ``path``."""
+    pipeline's text encoder, so tiny token banks can be scored as tokens), saved to ``path``.
+
+    ``eos_token_id`` sets the text config's (default: the tokenizer's); 2 mimics legacy configs such
+    as SD2's text encoder, with which transformers pools at ``argmax(input_ids)``."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -356,7 +359,8 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
             text_config={"vocab_size": len(tokenizer), "hidden_size": TINY_CROSS_ATTENTION_DIM,
                          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                          "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+                         "eos_token_id": tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+                         "pad_token_id": tokenizer.pad_token_id},
             vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                            "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
             projection_dim=16,

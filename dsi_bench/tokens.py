@@ -593,16 +593,20 @@ def fetch_imagenet_star_tokens(*, revision: str | None = None, cache_dir: str | 
     """
     from huggingface_hub import hf_hub_download
 
+    from .online import hub_unreachable
+
+    offline = hub_unreachable()  # offline: the cached copy or one line at once, not retries for half a minute
     try:
         return Path(
             hf_hub_download(
-                IMAGENET_STAR_TOKENS_REPO, "tokens.zip", repo_type="dataset", revision=revision, cache_dir=cache_dir
+                IMAGENET_STAR_TOKENS_REPO, "tokens.zip", repo_type="dataset", revision=revision, cache_dir=cache_dir,
+                local_files_only=offline is not None,
             )
         )
     except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP and cache-miss errors all mean the same here
         raise OfflineError(
             f"could not download tokens.zip from the Hub dataset {IMAGENET_STAR_TOKENS_REPO} "
-            f"({type(e).__name__}); download it where you are online and pass its local path "
+            f"({offline or type(e).__name__}); download it where you are online and pass its local path "
             "(tokens='path/to/tokens.zip' or --tokens path/to/tokens.zip)"
         ) from e
 

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsi_bench"
 #: The layers of the package, bottom first (the README's map states the same). A module may import
 #: modules of its own layer or below, never above.
 LAYERS = [
-    ("foundation", {"version", "errors", "compat", "validate", "files", "memo", "dist", "layout", "images"}),
+    ("foundation", {"version", "errors", "compat", "validate", "files", "memo", "dist", "layout", "images", "devices",
+                    "online"}),
     ("vocabulary", {"shifts", "classes"}),
     ("models and statistics", {"tokens", "pipeline", "cache", "masks", "metrics"}),
     ("stores", {"synthesis", "shards", "release"}),

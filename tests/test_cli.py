@@ -1,10 +1,15 @@
+import argparse
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from dsi_bench.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shifts_command(capsys):
@@ -272,3 +277,236 @@ def _load_benchmark(name: str):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+# ---------------------------------------------------------------------- errors a new user hits first
+WNIDS = ("n01440764", "n01443537")
+
+
+@pytest.fixture
+def release_shards(tmp_path, monkeypatch):
+    """A 2-class fake release (folders, pattern images) with base + in_the_snow, converted to shards;
+    the ImageNet class table points at the fake WordNet ids."""
+    from dsi_bench.convert import convert_release
+    from dsi_bench.testing import fake_imagenet_classes, make_fake_release
+
+    classes = fake_imagenet_classes(WNIDS)
+    table = tmp_path / "classes.json"
+    table.write_text(json.dumps([{"index": c.index, "wnid": c.wnid, "common_name": c.name} for c in classes]))
+    monkeypatch.setenv("DSI_BENCH_IMAGENET_CLASSES", str(table))
+    release = make_fake_release(tmp_path / "imagenet-star", shifts=("base", "in_the_snow"), wnids=WNIDS, size=16,
+                                as_zip=False, pattern=True)
+    convert_release(release, tmp_path / "shards", class_list=classes, classes="0-1", progress=False)
+    return tmp_path
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--out", "{tmp}/out"],
+    ["build", "--out", "{tmp}/out"],
+    ["build", "--out", "{tmp}/out", "--device", "cpu", "--devices", "cpu,cuda:1"],
+    ["eval", "--classifier", "torchvision:resnet18", "--root", "{tmp}/shards", "--results", "{tmp}/out/r.json"],
+    ["eval", "--classifier", "torchvision:resnet18", "--source", "synth", "--device", "cpu", "--gen-device", "cuda",
+     "--results", "{tmp}/out/r.json"],
+    ["learn-tokens", "--data", "{tmp}/data", "--out", "{tmp}/out/t.safetensors"],
+    ["clip-filter", "{tmp}/shards", "--masks-out", "{tmp}/out/m.npz"],
+])
+def test_missing_device_is_one_line_and_writes_nothing(command, tmp_path, capsys, no_cuda):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    if "--device" not in args:
+        args += ["--device", "cuda"]
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "cuda is not available here" in err and "devices here: cpu;" in err and "auto" in err, err
+    assert not (tmp_path / "out").exists()  # checked before any output folder is created
+    assert time.perf_counter() - t0 < 30  # refused up front, not after loading models
+
+
+def test_device_names_what_there_is(monkeypatch):
+    import torch
+
+    from dsi_bench.devices import available_devices, resolve_device
+    from dsi_bench.errors import SpecError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert available_devices()[:3] == ["cpu", "cuda:0", "cuda:1"]
+    assert resolve_device("auto") == "cuda" and resolve_device("CUDA:1", check=True) == "cuda:1"
+    with pytest.raises(SpecError, match=r"--device cuda:2: cuda:2 does not exist here \(2 CUDA devices\); "
+                                        r"devices here: cpu, cuda:0, cuda:1"):
+        resolve_device("cuda:2", check=True, option="--device")
+    with pytest.raises(SpecError, match="not a torch device"):
+        resolve_device("gpu")
+    assert resolve_device("cuda:5") == "cuda:5"  # without check (a Ray worker's device): parsed only
+
+
+def test_device_auto_is_the_default_and_results_record_the_resolved_device(release_shards, capsys, no_cuda):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    with_device = {name for name, p in sub.choices.items() if any(a.dest == "device" for a in p._actions)}
+    assert with_device >= {"generate", "build", "eval", "learn-tokens", "clip-filter"}
+    for name in with_device:
+        assert next(a.default for a in sub.choices[name]._actions if a.dest == "device") == "auto", name
+    results = release_shards / "r.json"
+    assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root",
+                 str(release_shards / "shards"), "--num-workers", "0", "-q", "--results", str(results)]) == 0
+    saved = json.loads(results.read_text())
+    assert saved["run"]["device"] == "cpu" and saved["hardware"]["device"] == "cpu"
+
+
+def test_eval_and_score_take_the_missing_flag_their_errors_suggest(release_shards, capsys, caplog):
+    (release_shards / "imagenet-star" / "in_the_snow" / WNIDS[1] / "07.jpg").unlink()
+    data = ["--source", "imagenet-star", "--root", str(release_shards / "imagenet-star"), "--classes", "0-1"]
+    eval_args = ["eval", "--classifier", "dsi_bench.testing:oracle_classifier", *data, "--num-workers", "0", "-q"]
+    assert main(eval_args) == 2
+    err = capsys.readouterr().err
+    assert "1 file missing" in err and "--missing skip" in err and len(err.strip().splitlines()) == 1
+    results, preds = release_shards / "r.json", release_shards / "p.csv"
+    assert main([*eval_args, "--missing", "skip", "--results", str(results), "--predictions", str(preds)]) == 0
+    saved = json.loads(results.read_text())
+    assert saved["shifts"]["in_the_snow"]["n"] == 99 and saved["shifts"]["base"]["n"] == 100  # counted
+    assert saved["run"]["dataset"]["missing"] == "skip"  # recorded
+    assert any("1 file missing" in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)  # said
+    assert main(["score", str(preds), *data]) == 2
+    assert "--missing skip" in capsys.readouterr().err
+    assert main(["score", str(preds), *data, "--missing", "skip"]) == 0
+    assert "in_the_snow   99" in capsys.readouterr().out
+    # refused, not ignored, where a source has no missing files to skip, or without a source
+    assert main(["score", str(preds), "--missing", "skip"]) == 2
+    assert "--missing applies to" in capsys.readouterr().err
+    assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root",
+                 str(release_shards / "shards"), "--missing", "skip", "-q"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- offline
+def _one_line_fast(argv, capsys, *, within=5.0):
+    t0 = time.perf_counter()
+    code = main(argv)
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert seconds < within, f"{seconds:.1f} s: {err}"
+    return err
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Online mode, but every name lookup fails (what a machine without network sees)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from dsi_bench.memo import clear_caches
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    clear_caches()
+    yield
+    clear_caches()
+
+
+@pytest.mark.parametrize("mode", ["HF_HUB_OFFLINE", "no network"])
+def test_offline_hub_roots_and_downloads_fail_at_once_with_the_local_option(mode, release_shards, capsys, request):
+    if mode == "no network":
+        request.getfixturevalue("no_network")
+    reason = "HF_HUB_OFFLINE is set" if mode == "HF_HUB_OFFLINE" else "Name or service not known"
+    err = _one_line_fast(["verify", "hf://datasets/me/star-shards"], capsys)
+    assert "cannot be reached" in err and reason in err and "pass that folder instead of the URL" in err
+    err = _one_line_fast(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root",
+                          "hf://datasets/me/star-shards", "-q"], capsys)
+    assert "pass that folder instead of the URL" in err
+    err = _one_line_fast(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--source", "hub",
+                          "--root", "me/star-snow", "--shifts", "base", "-q"], capsys)
+    assert "--root DIR" in err
+    err = _one_line_fast(["tokens", "imagenet-star"], capsys)
+    assert "--tokens path/to/tokens.zip" in err
+    err = _one_line_fast(["clip-filter", str(release_shards / "shards"), "--device", "cpu", "-q"], capsys)
+    assert "--clip DIR" in err
+    err = _one_line_fast(["generate", "--generator", "stabilityai/stable-diffusion-2", "--tokens", "none", "--out",
+                          str(release_shards / "out"), "--device", "cpu", "-q"], capsys, within=15)
+    assert "--generator DIR" in err
+
+
+# ---------------------------------------------------------------------- help, progress, imports, README
+def test_help_shows_every_default_and_no_escaped_percent():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert "%%" not in parser.format_help()
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "%%" not in text and "%(" not in text, name
+        for a in p._actions:
+            if not a.option_strings or a.help in (None, argparse.SUPPRESS) or a.dest == "help":
+                assert a.help is not None or a.default in (None, False), (name, a.option_strings)
+                continue
+            if a.default not in (None, False) and not isinstance(a, argparse._VersionAction):
+                assert "default" in a.help, (name, a.option_strings, a.default)
+
+
+def test_convert_progress_bar_says_convert(release_shards, capsys):
+    assert main(["convert", str(release_shards / "imagenet-star"), "--classes", "0-1", "--shifts", "base",
+                 "--out", str(release_shards / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "convert" in err and "build" not in err
+
+
+@pytest.mark.parametrize("command", ["verify", "leaderboard"])
+def test_file_commands_do_not_import_diffusers(command, release_shards):
+    import os
+
+    if command == "verify":
+        argv = ["verify", str(release_shards / "shards"), "-q"]
+    else:
+        assert main(["score", str(_oracle_predictions(release_shards)), "--results",
+                     str(release_shards / "results" / "r.json")]) == 0
+        argv = ["leaderboard", str(release_shards / "results"), "--out", str(release_shards / "board")]
+    code = ("import sys; from dsi_bench.cli import main; code = main(sys.argv[1:]); "
+            "print('LOADED', code, *[m for m in ('diffusers', 'transformers') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED 0", proc.stdout
+
+
+def _oracle_predictions(folder):
+    path = folder / "p.csv"
+    rows = ["key,prediction"] + [f"{s}/{c:04d}/{i:02d},{c}" for s in ("base", "in_the_snow") for c in (0, 1)
+                                 for i in range(50)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_readme_streaming_snippet_runs(release_shards, monkeypatch):
+    """The README's block with ``ds.stream()``, run as written on the fixtures (shards/, imagenet-star/, masks.npy)."""
+    import re
+
+    import numpy as np
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    block = next(b for b in blocks if "ds.stream()" in b)
+    import functools
+
+    import dsi_bench
+
+    j = np.arange(50_000)  # the release's format: a pickled dict of per-shift arrays, entry j = class j // 50
+    np.save(release_shards / "masks.npy", {s: j % 3 != 0 for s in ("base", "in_the_snow")}, allow_pickle=True)
+    # the fixtures hold 2 of the 1000 classes: select them, as a real release would not need to
+    monkeypatch.setattr(dsi_bench, "ShiftedImageNet", functools.partial(dsi_bench.ShiftedImageNet, classes="0-1"))
+    monkeypatch.chdir(release_shards)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["x"].shape[0] == scope["y"].shape[0] > 1  # a batch: the loader collated tensors

@@ -91,3 +91,36 @@ def test_shift_is_frozen_data():
     with pytest.raises(FrozenInstanceError):
         s.template = "x <TOKEN>"
     assert isinstance(s, Shift)
+
+
+CAPTIONS = {
+    "in_the_grass": "a photo in the grass", "in_the_beach": "a photo in the beach",
+    "in_the_forest": "a photo in the forest", "in_the_water": "a photo in the water",
+    "on_the_road": "a photo on the road", "on_the_rocks": "a photo on the rocks",
+    "in_the_snow": "a photo in the snow", "in_the_rain": "a photo in the rain", "in_the_fog": "a photo in the fog",
+    "in_bright_sunlight": "a photo in bright sunlight", "at_night": "a photo at night", "at_dusk": "a photo at dusk",
+    "studio_lighting": "a photo in studio lighting", "blue": "a photo of something blue",
+    "green": "a photo of something green", "red": "a photo of something red", "yellow": "a photo of something yellow",
+    "orange": "a photo of something orange", "person_and_a": "a photo of a person",
+    "and_a_flower": "a photo of a flower", "oil_painting": "an oil painting", "pencil_sketch": "a pencil sketch",
+    "embroidery": "an embroidery",
+}
+
+
+def test_every_shift_has_an_object_free_caption_base_none():
+    """The CLIP metric's reference rule scores the shift with a caption without the object."""
+    assert get_shift("base").caption is None
+    assert {s.id: s.caption for s in list_shifts() if s.id != "base"} == CAPTIONS
+    for s in list_shifts():
+        assert s.caption is None or TOKEN not in s.caption
+
+
+def test_custom_shifts_get_a_derived_caption():
+    from dsi_bench.shifts import shift_caption
+
+    assert get_shift("a watercolor painting of a <TOKEN>").caption == "a watercolor painting"
+    assert get_shift("under water").caption == "a photo under water"
+    assert get_shift("a <TOKEN> under water").caption == "something under water"
+    assert shift_caption("a photo of a <TOKEN>") is None
+    # an explicit caption wins, and it does not change the id (not part of the sample key)
+    assert Shift("x", "x", "a photo of a <TOKEN> x", "custom", caption="x!").caption == "x!"

@@ -14,14 +14,14 @@ import warnings
 
 from ..errors import DsiBenchError
 from ..version import __version__
-from . import demo, evaluate, generate, hub, shards, tokens
+from . import clip, demo, evaluate, generate, hub, shards, tokens
 from .common import Parser, example
 
 __all__ = ["build_parser", "main"]
 
 #: Every command, in ``--help`` order.
 COMMANDS = [*generate.COMMANDS, *tokens.COMMANDS[:1], *demo.COMMANDS, *shards.COMMANDS, *evaluate.COMMANDS,
-            *tokens.COMMANDS[1:], *hub.COMMANDS]
+            *tokens.COMMANDS[1:], *clip.COMMANDS, *hub.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose and args.command != "shifts":
-        _quiet_libraries()
     try:
         with warnings.catch_warnings():
             # the CLI already said so on stderr for deprecated flags; library deprecations are for Python callers
             warnings.simplefilter("ignore", DeprecationWarning)
+            args.command_object.check(args)  # before anything is loaded or written
+            if not args.verbose:
+                _quiet_libraries(models=args.command_object.loads_models)
             return args.command_object.run(args)
     except DsiBenchError as e:
         print(f"dsi-bench {args.command}: error: {e}", file=sys.stderr)
@@ -61,14 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, resize notices) out of the CLI's output."""
+def _quiet_libraries(models: bool) -> None:
+    """Keep library chatter (weight-loading bars, resize notices, Hub retries) out of the CLI's output.
+
+    diffusers and transformers are imported (seconds) only for commands that load models with them.
+    """
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()  # its retry warnings, once through our handler too
+    except ImportError:
+        pass
+    if not models:
+        return
     try:
         import diffusers
-        import huggingface_hub
         import transformers
 
-        huggingface_hub.utils.logging.set_verbosity_error()  # its retry warnings, once through our handler too
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()

@@ -11,8 +11,9 @@ import argparse
 import sys
 import textwrap
 
-__all__ = ["Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples", "add_shifts",
-           "class_list_from", "deprecated_flag", "example", "masks_value", "pipeline_from", "shifts_from",
+__all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples",
+           "add_shifts", "class_list_from", "deprecated_flag", "example", "masks_value", "pipeline_from",
+           "resolve_devices", "shifts_from",
            "tokens_value"]
 
 
@@ -43,6 +44,9 @@ class Command:
     help: str = ""
     description: str | None = None
     examples: str = ""
+    #: Whether the command loads diffusers/transformers models (their chatter is then silenced, which
+    #: imports them: seconds that a command reading files only should not spend).
+    loads_models: bool = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         raise NotImplementedError
@@ -50,6 +54,11 @@ class Command:
     def run(self, args: argparse.Namespace) -> int:
         """Do the work; return the exit code."""
         raise NotImplementedError
+
+    def check(self, args: argparse.Namespace) -> None:
+        """Refuse what can be refused before any work (called before :meth:`run`): by default, resolve
+        ``--device auto`` and check every device option names a device this machine has."""
+        resolve_devices(args)
 
     def register(self, sub) -> argparse.ArgumentParser:
         parser = sub.add_parser(self.name, help=self.help, description=self.description,
@@ -127,9 +136,31 @@ def class_list_from(args):
     return ClassList.from_file(path)
 
 
+#: Device options (argparse dest -> flag), resolved and checked by :func:`resolve_devices`.
+DEVICE_OPTIONS = {"device": "--device", "gen_device": "--gen-device", "devices": "--devices"}
+
+
 def add_device(parser, what: str = "the model") -> None:
-    parser.add_argument("--device", default="cpu", help=f"where {what} runs: cpu, cuda, cuda:1, mps or auto "
-                        "(default: cpu)")
+    parser.add_argument("--device", default="auto", help=f"where {what} runs: auto (cuda if there is one, else mps, "
+                        "else cpu), cpu, cuda, cuda:1 or mps (default: %(default)s)")
+
+
+def resolve_devices(args, *, check: bool = True) -> None:
+    """Resolve every device option of ``args`` in place (``auto`` -> the device it picks, which results
+    record) and, with ``check``, refuse one this machine lacks: one line naming the devices there are,
+    before any output folder is created. ``--devices`` is a comma-separated list."""
+    names = [dest for dest in DEVICE_OPTIONS if getattr(args, dest, None) is not None]
+    if not names:
+        return  # no torch import for commands without devices
+    from ..devices import resolve_device
+
+    for dest in names:
+        flag, value = DEVICE_OPTIONS[dest], getattr(args, dest)
+        if dest == "devices":
+            value = ",".join(resolve_device(d.strip(), check=check, option=flag) for d in value.split(",") if d.strip())
+        else:
+            value = resolve_device(value, check=check, option=flag)
+        setattr(args, dest, value)
 
 
 def add_pipeline(parser, *, cache: bool = True) -> None:

@@ -18,6 +18,9 @@ def add_data(p, *, sources=None, required_source: bool = True) -> None:
     g.add_argument("--per-class", type=int, default=None, help="at most this many samples per class")
     g.add_argument("--masks", default=None,
                    help="masks.npy/.npz path, or 'release' (imagenet-star: fetch; shards/hub: recorded flags)")
+    g.add_argument("--missing", choices=("error", "skip"), default=None,
+                   help="imagenet-star: files missing from the release copy: stop (default: error) or evaluate the "
+                        "rest (each shift's n and a warning say how many were skipped)")
     g.add_argument("--class-list", default=None,
                    help="label space other than ImageNet-1k: .txt (one name per line) or .json class list")
 
@@ -25,7 +28,7 @@ def add_data(p, *, sources=None, required_source: bool = True) -> None:
 def data_from(args) -> dict:
     """``data=`` for ``evaluate``/``score_predictions`` from :func:`add_data`'s options."""
     data = {"source": args.source, "root": args.root, "classes": args.classes, "per_class": args.per_class,
-            "masks": masks_value(args.masks)}
+            "masks": masks_value(args.masks), "missing": args.missing}
     if args.class_list:
         from ..classes import ClassList
 
@@ -51,7 +54,7 @@ class Eval(Command):
                    "and McNemar's test, per-class accuracy and the worst classes.")
     examples = """
         dsi-bench eval --classifier torchvision:resnet50 --weights IMAGENET1K_V1 --source shards --root shards/ \\
-            --shifts all --results resnet50.json --device cuda --amp
+            --shifts all --results resnet50.json --amp
         dsi-bench eval --classifier timm:convnext_tiny --source imagenet-star --root star/ --masks masks.npy
         dsi-bench eval --classifier my_models.py:build --class-map outputs.json --source shards --root shards/
         torchrun --nproc-per-node 4 -m dsi_bench.cli eval --classifier torchvision:resnet50 --root shards/ ...
@@ -85,7 +88,7 @@ class Eval(Command):
         g.add_argument("--tokens", default="imagenet-star", help="class tokens (default: %(default)s)")
         g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's)")
         g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-        g.add_argument("--gen-device", default=None, help="device for generation (default: cpu)")
+        g.add_argument("--gen-device", default=None, help="device for generation (default: the --device)")
         self.generation_defaults = {"generator": DEFAULT_MODEL, "tokens": "imagenet-star", "steps": None, "seed": 0,
                                     "device": None}
 
@@ -100,7 +103,7 @@ class Eval(Command):
         generation = {"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
                       "seed": args.seed, "device": args.gen_device}
         if args.source == "synth":
-            data.update({**generation, "device": args.gen_device or "cpu"})
+            data.update({**generation, "device": args.gen_device or args.device})
         else:  # refused, not ignored
             given = [k for k, v in generation.items() if v != self.generation_defaults[k]]
             if given:
@@ -127,6 +130,7 @@ class Eval(Command):
 class Score(Command):
     name = "score"
     help = "score a predictions CSV (key,prediction[,label][,top5]) against a source"
+    loads_models = False
     examples = """
         dsi-bench score submission.csv --source imagenet-star --root star/ --masks masks.npy --results sub.json
     """
@@ -140,8 +144,11 @@ class Score(Command):
         p.add_argument("--results", default=None, help="write the results JSON here")
 
     def run(self, args) -> int:
+        from ..errors import SpecError
         from ..score import score_predictions
 
+        if args.missing and not args.source:  # refused, not ignored
+            raise SpecError("--missing applies to the files of --source imagenet-star; pass --source and --root too")
         shifts = shifts_from(args)
         results = score_predictions(
             args.predictions,
@@ -156,6 +163,7 @@ class Score(Command):
 class Leaderboard(Command):
     name = "leaderboard"
     help = "tables (md, csv, sortable html) and plots from a folder of results files"
+    loads_models = False
     examples = """
         dsi-bench leaderboard results/ --out board/
         dsi-bench leaderboard results/ --out board-flips/ --sort flip_rate

@@ -20,6 +20,7 @@ from .common import (
 class Shifts(Command):
     name = "shifts"
     help = "list the shift catalog"
+    loads_models = False
     examples = "dsi-bench shifts 'in_the_*'\ndsi-bench shifts --group style --json"
 
     def add_arguments(self, p):
@@ -60,7 +61,7 @@ class Generate(Command):
     examples = """
         dsi-bench generate --generator ./sd2 --tokens tokens.zip --shift "in the rain" \\
             --classes 0-9,207 --per-class 4 --seed 0 --batch-size 8 --steps 20 --image-format png \\
-            --out shifted/ --device cuda
+            --out shifted/
     """
 
     def add_arguments(self, p):

@@ -1,60 +1,13 @@
-"""``dsi-bench clip-filter`` and ``publish``: the CLIP metric's masks, and Hugging Face datasets."""
+"""``dsi-bench publish``: Hugging Face datasets (the CLIP commands are in :mod:`.clip`)."""
 
 from __future__ import annotations
 
-from .common import Command, add_device, add_quiet, deprecated_flag
-
-
-class ClipFilter(Command):
-    name = "clip-filter"
-    help = "score shards with CLIP (object present? shift present?) and write keep/drop masks"
-    examples = """
-        dsi-bench clip-filter shards/ --tokens tokens.zip --device cuda
-        dsi-bench eval --classifier torchvision:resnet50 --root shards/ --masks shards/clip_masks.npz
-    """
-
-    def add_arguments(self, p):
-        from ..clip_metric import DEFAULT_CLIP, OBJECT_THRESHOLD, SHIFT_MARGIN
-
-        p.add_argument("dir", help="shard folder")
-        p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model folder or Hub id (default: %(default)s)")
-        p.add_argument("--tokens", default=None, help="the bank the shards were generated with (default: class names)")
-        p.add_argument("--class-names", action="store_true", help="score with class names even if tokens fit")
-        p.add_argument("--object-threshold", type=float, default=OBJECT_THRESHOLD, help="default: %(default)s")
-        p.add_argument("--shift-margin", type=float, default=SHIFT_MARGIN, help="default: %(default)s")
-        add_device(p, "CLIP")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--scores-out", default=None, help="scores sidecar to write (default: DIR/clip_scores.npz)")
-        deprecated_flag(p, "--scores", "--scores-out", "scores_out")
-        p.add_argument("--masks-out", default=None, help="masks file to write (default: DIR/clip_masks.npz)")
-        deprecated_flag(p, "--masks", "--masks-out", "masks_out")
-        add_quiet(p)
-
-    def run(self, args) -> int:
-        from ..clip_metric import clip_filter_shards
-
-        out = clip_filter_shards(
-            args.dir,
-            clip=args.clip,
-            tokens=None if args.tokens in (None, "none") else args.tokens,
-            use_tokens=False if args.class_names else None,
-            object_threshold=args.object_threshold,
-            shift_margin=args.shift_margin,
-            device=args.device,
-            batch_size=args.batch_size,
-            scores_out=args.scores_out,
-            masks_out=args.masks_out,
-            progress=not args.quiet,
-        )
-        print(f"scored with {out['text']}; kept per shift:")
-        for shift, (kept, n) in out["kept"].items():
-            print(f"  {shift:24s} {kept:7d} of {n:7d}")
-        print(f"scores: {out['scores']}\nmasks:  {out['masks']} (use with --masks / masks=)")
-        return 0
+from .common import Command, deprecated_flag
 
 
 class Publish(Command):
     name = "publish"
+    loads_models = False
     help = "publish a shard folder as a Hugging Face dataset (one config per shift)"
     description = ("Writes data/{shift}/..., README.md (dataset card with configs, features and the generation "
                    "settings) and manifest.json, then uploads them. The token comes from HF_TOKEN or `hf auth login`.")
@@ -94,4 +47,4 @@ class Publish(Command):
         return 0
 
 
-COMMANDS = [ClipFilter(), Publish()]
+COMMANDS = [Publish()]

@@ -12,6 +12,7 @@ from .common import (
     deprecated_flag,
     masks_value,
     pipeline_from,
+    resolve_devices,
     shifts_from,
     tokens_value,
 )
@@ -52,7 +53,7 @@ class Build(Command):
                    "rebuild damaged ones; the bytes are the same however the build was split or interrupted.")
     examples = """
         dsi-bench build --generator ./sd2 --tokens tokens.zip --shifts base,in_the_snow --classes 0-9 \\
-            --per-class 4 --samples-per-shard 8 --image-format jpg --out shards/ --device cuda
+            --per-class 4 --samples-per-shard 8 --image-format jpg --out shards/
         torchrun --nproc-per-node 8 -m dsi_bench.cli build --engine torchrun --device cuda ... --out shards/
         dsi-bench build --engine ray --address auto --device cuda ... --out /shared/shards/
     """
@@ -69,7 +70,8 @@ class Build(Command):
         deprecated_flag(p, "--format", "--image-format", "image_format")
         p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
         p.add_argument("--engine", choices=ENGINES, default="local",
-                       help="local (this process, or one per --devices entry), torchrun/SLURM ranks, or Ray tasks")
+                       help="local (this process, or one per --devices entry), torchrun/SLURM ranks, or Ray tasks "
+                            "(default: %(default)s)")
         p.add_argument("--devices", default=None, help="comma-separated devices: local = one worker each "
                        "(cuda:0,cuda:1); torchrun = indexed by LOCAL_RANK")
         p.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster)")
@@ -80,6 +82,10 @@ class Build(Command):
                        help="serve samples already in this sample cache, e.g. from generate (default: off)")
         add_quiet(p)
         add_pipeline(p, cache=False)
+
+    def check(self, args) -> None:
+        # Ray tasks run on the cluster's machines: their devices are not this one's to check
+        resolve_devices(args, check=args.engine != "ray")
 
     def run(self, args) -> int:
         from ..build import build_shards
@@ -111,6 +117,7 @@ class Build(Command):
 class Verify(Command):
     name = "verify"
     help = "check shards against their manifest (exit 1 if anything is wrong)"
+    loads_models = False
     examples = "dsi-bench verify shards/"
 
     def add_arguments(self, p):
@@ -132,6 +139,7 @@ class Verify(Command):
 class Convert(Command):
     name = "convert"
     help = "turn the ImageNet* release into dsi-bench shards"
+    loads_models = False
     description = ("Reads RELEASE (a folder of {shift}.zip or shift folders, or one zip) and writes shards whose "
                    "samples keep the original JPEG bytes; with --masks, each sample's .json records keep: true/false.")
     examples = "dsi-bench convert imagenet-star/ --out star-shards/ --masks masks.npy"

@@ -8,6 +8,7 @@ from .common import Command, add_device, add_quiet, deprecated_flag
 class Tokens(Command):
     name = "tokens"
     help = "inspect or convert a class-token bank"
+    loads_models = False
     examples = """
         dsi-bench tokens tokens.zip --out imagenet_star.safetensors
         dsi-bench tokens imagenet_star.safetensors --diffusers ti_folders/
@@ -40,12 +41,12 @@ class LearnTokens(Command):
     description = ("DATA is an ImageFolder-style folder (one folder per class) or a dataset saved with "
                    "datasets.save_to_disk (image and label columns). Reruns continue unfinished classes.")
     examples = """
-        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out my_tokens.safetensors --device cuda
-        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out t.safetensors --preset reference
+        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out my_tokens.safetensors
+        dsi-bench learn-tokens --data my_dataset/ --generator ./sd2 --out t.safetensors --preset fast
     """
 
     def add_arguments(self, p):
-        from ..learn import PRESETS
+        from ..learn import MAX_RESOLUTION_OVER_NATIVE, PRESETS
         from ..pipeline import DEFAULT_MODEL
 
         p.add_argument("--data", required=True, help="ImageFolder-style folder or a saved Hugging Face dataset")
@@ -55,21 +56,28 @@ class LearnTokens(Command):
         p.add_argument("--revision", default=None)
         p.add_argument("--out", required=True, help="token bank to write (.safetensors); resumes if it exists")
         p.add_argument("--classes", default=None, help="only these classes (default: all)")
-        presets = "; ".join(f"{k}: {v['steps']} steps, lr {v['lr']:g}, {v['resolution']} px"
-                            for k, v in PRESETS.items())
-        p.add_argument("--preset", choices=list(PRESETS), default="fast", help=f"{presets} (default: fast)")
+        presets = "; ".join(f"{k}: {v['steps']} steps, lr {v['lr']:g}" for k, v in PRESETS.items())
+        p.add_argument("--preset", choices=list(PRESETS), default="reference",
+                       help=f"{presets}; reference = the ImageNet* settings, fast = ours, not validated on a real "
+                            "model (default: %(default)s)")
         p.add_argument("--max-steps", type=int, default=None,
                        help="training steps per class (default: the preset's); before 0.2 this flag was the "
                             "per-run limit, now --max-steps-this-run")
         deprecated_flag(p, "--steps", "--max-steps", "max_steps", type=int)
         p.add_argument("--lr", type=float, default=None)
-        p.add_argument("--resolution", type=int, default=None)
+        p.add_argument("--resolution", type=int, default=None,
+                       help="training size in px (default: the generator's native size, 768 for SD2; more than "
+                            f"{MAX_RESOLUTION_OVER_NATIVE}x native needs --allow-high-resolution)")
+        p.add_argument("--allow-high-resolution", action="store_true",
+                       help=f"allow --resolution above {MAX_RESOLUTION_OVER_NATIVE}x the native size (slow: cost "
+                            "grows with the square of the size)")
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-steps-this-run", type=int, default=None,
                        help="stop after this many steps (rerun to continue)")
         add_device(p, "training")
-        p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), float32, float16, bfloat16")
+        p.add_argument("--dtype", default="auto",
+                       help="auto (fp16 on CUDA), float32, float16, bfloat16 (default: %(default)s)")
         add_quiet(p)
 
     def run(self, args) -> int:
@@ -84,6 +92,7 @@ class LearnTokens(Command):
             max_steps=args.max_steps,
             lr=args.lr,
             resolution=args.resolution,
+            allow_high_resolution=args.allow_high_resolution,
             classes_per_batch=args.classes_per_batch,
             seed=args.seed,
             out=args.out,
@@ -93,7 +102,8 @@ class LearnTokens(Command):
         done = bank.extra["training"]["steps_done"]
         total = bank.extra["training"]["steps"]
         finished = sum(1 for v in done.values() if v >= total)
-        print(f"{bank}: {finished} of {len(done)} classes finished ({total} steps each); wrote {args.out}")
+        px = bank.extra["training"]["resolution"]
+        print(f"{bank}: {finished} of {len(done)} classes finished ({total} steps each, {px} px); wrote {args.out}")
         if finished < len(done):
             print("rerun the same command to continue the unfinished classes")
         return 0

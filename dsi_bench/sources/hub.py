@@ -28,6 +28,24 @@ SPLIT = "test"
 _CUSTOM_ID = re.compile(r"[a-z0-9_]+-[0-9a-f]{8}")
 
 
+def _offline_message(root: str, reason: str) -> str:
+    return (f"cannot load the published set {root!r} ({reason}); download it where you are online "
+            f"(hf download --repo-type dataset {root} --local-dir DIR) and pass the folder as the root (--root DIR)")
+
+
+def _check_reachable(root: str) -> None:
+    """A Hub id while the Hub is out of reach: one line at once (a cached copy still loads with HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+
+    from ..online import hub_unreachable
+
+    if Path(root).is_dir() or constants.HF_HUB_OFFLINE:  # datasets reads its cache in offline mode, without retries
+        return
+    reason = hub_unreachable()
+    if reason is not None:
+        raise OfflineError(_offline_message(root, reason))
+
+
 @dataclass(frozen=True)
 class HubEntry:
     key: str
@@ -62,6 +80,7 @@ class HubSet:
         self.root = str(root)
         self.shift_id = shift_id
         kwargs = {}
+        _check_reachable(self.root)
         if Path(self.root).is_dir() and self.fingerprint:
             # datasets keys its cache of a local folder by the folder's name, not its content: key it by
             # the manifest instead, so a re-export into the same folder is never served stale
@@ -75,8 +94,7 @@ class HubSet:
             raise ShardError(f"{self.root!r} has no configuration {shift_id!r} ({str(e).splitlines()[0][:200]})") \
                 from e
         except (FileNotFoundError, ConnectionError) as e:
-            raise OfflineError(f"cannot load {self.root!r} ({type(e).__name__}); offline, pass the folder of a "
-                               "local export or snapshot (hf download --repo-type dataset ...)") from e
+            raise OfflineError(_offline_message(self.root, type(e).__name__)) from e
         cols = set(self.ds.column_names or [])
         self.image_col = next((c for c in ("image", "png", "jpg", "jpeg", "webp") if c in cols), None)
         self.label_col = "label" if "label" in cols else "cls"
@@ -138,7 +156,11 @@ class HubSource(Source):
     def available_shifts(cls, root) -> list[str]:
         import datasets
 
-        return list(datasets.get_dataset_config_names(str(root)))
+        _check_reachable(str(root))
+        try:
+            return list(datasets.get_dataset_config_names(str(root)))
+        except (FileNotFoundError, ConnectionError) as e:
+            raise OfflineError(_offline_message(str(root), type(e).__name__)) from e
 
     def resolve_shift(self, shift) -> Shift:
         if isinstance(shift, str) and _CUSTOM_ID.fullmatch(shift):
