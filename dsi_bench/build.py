@@ -471,6 +471,8 @@ class SynthesisJob(ShardJob):
             "shifts": [{"id": sh.id, "template": sh.template, "version": sh.version} for sh in self.shifts],
             "classes": self.class_indices,
             "class_names_sha256": hashlib.sha256("\n".join(self.class_list.names).encode()).hexdigest(),
+            # a label space other than ImageNet-1k travels with the data (datasets, eval, score, publish read it)
+            **({} if self.class_list.is_imagenet else {"class_list": self.class_list.to_dict()}),
             "per_class": self.per_class,
             "seed": self.seed,
             "samples_per_shard": self.samples_per_shard,
@@ -608,13 +610,13 @@ def build_shards(
     """
     import torch
 
-    from .classes import imagenet_classes
     from .compat import reject_unknown, renamed
     from .devices import resolve_device
     from .images import check_image_options
     from .pipeline import PipelineSpec, check_model
     from .shifts import get_shift
     from .synthesis import Synthesizer
+    from .tokens import tokens_class_list
     from .validate import check_positive_int
 
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="build_shards: ") or PipelineSpec()
@@ -627,7 +629,7 @@ def build_shards(
     if engine != "ray":  # this machine's devices, before the output folder exists (Ray workers have their own)
         for device in devices or [spec.device]:
             resolve_device(device, check=True)
-    class_list = class_list or imagenet_classes()
+    class_list = tokens_class_list(tokens, class_list)
     indices = class_list.resolve(classes)
     shift_objs = [get_shift(s) for s in shifts]
     if len({s.id for s in shift_objs}) != len(shift_objs):

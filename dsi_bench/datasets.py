@@ -1,4 +1,5 @@
-"""``ShiftedImageNet``: a labelled test set under one distribution shift, as a PyTorch dataset.
+"""``ShiftedDataset``: a labelled test set under one distribution shift, as a PyTorch dataset;
+``ShiftedImageNet`` is its ImageNet case (ImageNet*).
 
 The samples come from a source plugin (:mod:`dsi_bench.sources`): ``"synth"`` generates them
 lazily (a ``DataLoader`` batch is one pipeline call, cached on disk), ``"shards"`` reads
@@ -6,6 +7,11 @@ WebDataset shards written by ``dsi-bench build`` / ``convert``, ``"imagenet-star
 public release, ``"hub"`` reads a set published with ``dsi-bench publish``; more can be
 registered. This class does what is the same for all of them: choosing classes and samples per
 class, applying masks, transforms, and the torchvision dataset contract.
+
+The label space (``class_list``) is the one given, else the one the data records (a token bank
+learned on your own dataset records its classes; a shard folder built or published with such a
+bank records them in its manifest), else ImageNet-1k. Labels, ``classes``, ``class_to_idx``, the
+``classes=`` selection, prompts' class names and results' class names all follow it.
 
 Samples are keyed ``{shift}/{class:04d}/{index:02d}`` in every source, so the same sample has
 the same key (and, for PNG shards, the same pixels) wherever it comes from.
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from torchvision.datasets import VisionDataset
 
-from .classes import ClassList, imagenet_classes
+from .classes import ClassList
 from .errors import ClassSpecError, SpecError
 from .images import draft_size
 from .layout import key_index
@@ -36,7 +42,7 @@ from .validate import check_non_negative_int, check_positive_int
 if TYPE_CHECKING:
     from .synthesis import SampleRequest, Synthesizer
 
-__all__ = ["SOURCES", "ShiftedImageNet", "argument_defaults", "dataset_arguments"]
+__all__ = ["SOURCES", "ShiftedDataset", "ShiftedImageNet", "argument_defaults", "dataset_arguments", "label_space"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +69,14 @@ def _range_summary(indices: Sequence[int]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class ShiftedImageNet(VisionDataset):
-    """ImageNet classes under a distribution shift ("golden retrievers in the rain").
+class ShiftedDataset(VisionDataset):
+    """The classes of a dataset under a distribution shift ("golden retrievers in the rain",
+    "red panda toys in the snow").
 
-    ``ds[i]`` is ``(image, label)``, class-major. Labels are indices of the full label space
-    (ImageNet-1k by default), so a 1000-way classifier's prediction compares directly.
+    ``ds[i]`` is ``(image, label)``, class-major. Labels are indices of the full label space, so
+    a classifier's prediction over that space compares directly. The label space is ``class_list``
+    if given, else the class list the data records (a token bank learned on your dataset, a shard
+    folder or published set built with one), else ImageNet-1k (see :func:`label_space`).
 
     Args:
         shift: a catalog name ("in the rain", "in_the_rain"), a template with ``<TOKEN>``,
@@ -101,7 +110,9 @@ class ShiftedImageNet(VisionDataset):
             ``"synth"``: override the corresponding :class:`~dsi_bench.pipeline.PipelineSpec`
             fields (``batch_size`` and ``device`` are the generator's).
         pipeline: ``"synth"``: a full spec; the keyword overrides above apply on top of it.
-        class_list: the label space (default ImageNet-1k); any :class:`ClassList` works.
+        class_list: the label space (default: what the data records, else ImageNet-1k); any
+            :class:`ClassList` works. One that contradicts the class list a token bank or shard
+            folder records is refused.
         cache_dir: ``"synth"``: sample cache folder; ``None`` = the default cache, ``False`` = none.
         transform, target_transform: applied to the image and label, as in torchvision.
         model: deprecated name of ``generator``.
@@ -113,6 +124,9 @@ class ShiftedImageNet(VisionDataset):
         ReleaseError, MaskError: on bad arguments, in the constructor, before anything is
             generated or decoded.
     """
+
+    #: The name deprecation messages use.
+    _public_name = "ShiftedDataset"
 
     def __init__(
         self,
@@ -147,17 +161,18 @@ class ShiftedImageNet(VisionDataset):
         if model is not None:
             from .compat import deprecated
 
+            name = self._public_name
             if generator is not None and os.fspath(generator) != os.fspath(model):
-                raise TypeError("ShiftedImageNet got both generator= and its deprecated name model=; pass generator=")
-            deprecated("ShiftedImageNet(model=...) is now ShiftedImageNet(generator=...)")
+                raise TypeError(f"{name} got both generator= and its deprecated name model=; pass generator=")
+            deprecated(f"{name}(model=...) is now {name}(generator=...)")
             generator = model
         check_positive_int(per_class, "per_class", example=50, optional=per_class is None)
         check_non_negative_int(seed, "seed")
         self.source = source
-        self.class_list = class_list if class_list is not None else imagenet_classes()
         self.fast_decode = fast_decode
         values = locals()
         given = {k: values[k] for k in _SOURCE_OPTIONS if not _is_default(k, values[k])}  # left at a default: not given
+        self.class_list = _label_space(source, root, class_list, tokens)
         #: The arguments that made this dataset, other than the shift and transforms (``evaluate`` reuses them).
         self.arguments = {"source": source, "root": root, "classes": classes, "per_class": per_class,
                           "masks": masks, "fast_decode": fast_decode, "class_list": class_list, **given}
@@ -296,8 +311,46 @@ class ShiftedImageNet(VisionDataset):
         return "\n".join(lines + self.backend.describe())
 
 
+class ShiftedImageNet(ShiftedDataset):
+    """ImageNet-1k classes under a distribution shift: the ImageNet* case of :class:`ShiftedDataset`.
+
+    Same arguments and behaviour; by default the release's 1000 tokens (``tokens="imagenet-star"``)
+    and the ImageNet-1k label space with the release's class names. Given a token bank learned on
+    another dataset, it takes that bank's classes as :class:`ShiftedDataset` does (prefer that
+    name for your own datasets).
+    """
+
+    _public_name = "ShiftedImageNet"
+
+
+def label_space(data) -> ClassList:
+    """The label space of a dataset, or of a dict of its arguments, without opening the data.
+
+    ``class_list`` if given; else the class list the data records when it is not ImageNet-1k's (the
+    ``"synth"`` source: the token bank's; ``"shards"``/``"hub"``: the manifest's, from a build with
+    such a bank); else ImageNet-1k.
+
+    Raises:
+        ClassSpecError: ``class_list`` contradicts the class list the data records.
+        SpecError: a mapping key that is not a dataset argument.
+    """
+    if isinstance(data, ShiftedDataset):
+        return data.class_list
+    args = {**argument_defaults(), **dataset_arguments(data)}
+    return _label_space(args["source"], args["root"], args["class_list"], args["tokens"])
+
+
+def _label_space(source: str, root, class_list: ClassList | None, tokens) -> ClassList:
+    from .classes import choose_class_list
+    from .sources import recorded_class_list
+
+    recorded = recorded_class_list(source, root, tokens=tokens)
+    where = "the token bank" if source == "synth" else repr(str(root))
+    return choose_class_list(class_list, recorded, where)
+
+
 def argument_defaults() -> dict:
-    """``ShiftedImageNet``'s data arguments and their defaults (everything but the shift, transforms and
+    """``ShiftedDataset``'s data arguments and their defaults (everything but the shift, transforms and
     the deprecated ``model``): the keys ``data=`` dicts may use."""
     return dict(_argument_defaults())
 
@@ -307,7 +360,7 @@ def _argument_defaults() -> dict:
     import inspect
 
     skip = ("self", "shift", "transform", "target_transform", "model")
-    return {n: p.default for n, p in inspect.signature(ShiftedImageNet.__init__).parameters.items() if n not in skip}
+    return {n: p.default for n, p in inspect.signature(ShiftedDataset.__init__).parameters.items() if n not in skip}
 
 
 def _is_default(name: str, value) -> bool:
@@ -316,21 +369,21 @@ def _is_default(name: str, value) -> bool:
 
 
 def dataset_arguments(data) -> dict:
-    """``ShiftedImageNet`` arguments from a dataset (its :attr:`~ShiftedImageNet.arguments`) or a mapping.
+    """``ShiftedDataset`` arguments from a dataset (its :attr:`~ShiftedDataset.arguments`) or a mapping.
 
     Raises:
-        SpecError: a mapping key that is not a ``ShiftedImageNet`` argument (with close matches).
+        SpecError: a mapping key that is not a ``ShiftedDataset`` argument (with close matches).
     """
     from .errors import close_matches
 
-    if isinstance(data, ShiftedImageNet):
+    if isinstance(data, ShiftedDataset):
         return dict(data.arguments)
     if not isinstance(data, Mapping):
-        raise SpecError(f"data={data!r} must be a ShiftedImageNet or a dict of its arguments, e.g. "
+        raise SpecError(f"data={data!r} must be a ShiftedDataset or a dict of its arguments, e.g. "
                         "{'source': 'shards', 'root': 'shards/'}")
     allowed = list(argument_defaults())
     for key in data:
         if key not in allowed:
-            raise SpecError(f"data has {key!r}, which is not a ShiftedImageNet argument." + close_matches(key, allowed)
+            raise SpecError(f"data has {key!r}, which is not a ShiftedDataset argument." + close_matches(key, allowed)
                             + f" Arguments: {', '.join(allowed)}")
     return dict(data)

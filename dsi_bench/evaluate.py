@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .classes import imagenet_classes
 from .errors import DsiBenchError, SpecError
 from .models import ClassMap, LoadedModel, load_model
 from .results import Results, ShiftPredictions, build_results
@@ -283,7 +282,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from .compat import deprecated, reject_unknown, renamed
-    from .datasets import ShiftedImageNet, argument_defaults
+    from .datasets import ShiftedDataset, argument_defaults, label_space
     from .dist import World, init_process_group
     from .pipeline import resolve_device
     from .results import RunConfig
@@ -295,7 +294,7 @@ def evaluate(
     if isinstance(data, (str, list, tuple)):  # evaluate(model, "all", ...) before 0.2: the shifts
         deprecated("evaluate(classifier, SHIFTS, ...) is now evaluate(classifier, data, shifts=SHIFTS)")
         data, shifts = None, data
-    own_shift = data.shift.id if isinstance(data, ShiftedImageNet) else None
+    own_shift = data.shift.id if isinstance(data, ShiftedDataset) else None
     args = data_arguments(data, legacy_positional, legacy, "evaluate")
     reject_unknown(legacy, "evaluate")
     if "source" not in args and "root" not in args:
@@ -309,7 +308,7 @@ def evaluate(
     defaults = argument_defaults()
     source, root = args.get("source", defaults["source"]), args.get("root")
     loaded: LoadedModel = load_model(classifier, weights, transform)
-    class_list = args.get("class_list") or imagenet_classes()
+    class_list = label_space(args)  # class_list=, else what the data records (a custom bank's), else ImageNet-1k
     if class_map is not None and not isinstance(class_map, ClassMap):
         class_map = ClassMap.load(class_map, class_list)
     if class_map is None and loaded.num_outputs is not None and loaded.num_outputs != len(class_list):
@@ -340,7 +339,7 @@ def evaluate(
     backend_masks = None
     try:
         for shift_id in shift_ids:
-            ds = ShiftedImageNet(shift_id, **args, transform=loaded.transform)
+            ds = ShiftedDataset(shift_id, **args, transform=loaded.transform)
             expected = ds.keys
             if not expected:
                 raise DsiBenchError(f"shift {shift_id!r} of {source} {root!r} has no samples to evaluate "

@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .classes import ClassList, imagenet_classes
+from .classes import ClassList
 from .compat import reject_unknown, renamed
 from .files import atomic_write, ensure_writable_dir
 from .images import check_image_options, encode_image
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
-from .tokens import TokenBank
+from .tokens import TokenBank, tokens_class_list
 from .validate import check_positive_int
 
 __all__ = ["generate_folder"]
@@ -69,7 +69,8 @@ def generate_folder(
         seed: base seed.
         pipeline: pipeline spec (default: the reference's).
         tokens: class tokens (see :func:`~dsi_bench.tokens.load_tokens`); ``None`` = class names.
-        class_list: label space (default ImageNet-1k).
+        class_list: label space (default: the classes a token bank learned on another dataset records,
+            else ImageNet-1k); refused when it contradicts the bank's.
         image_format: ``"png"`` or ``"jpg"``.
         quality: JPEG quality.
         cache_dir: sample cache; ``None`` = default, ``False`` = none.
@@ -86,7 +87,7 @@ def generate_folder(
     check_positive_int(per_class, "per_class", example=50)
     out = ensure_writable_dir(out, "output folder")
     check_model(spec.model)
-    class_list = class_list or imagenet_classes()
+    class_list = tokens_class_list(tokens, class_list)
     indices = class_list.resolve(classes)
     shift_objs = [get_shift(s) for s in shifts]
     synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)

@@ -10,7 +10,8 @@ Export layout (what ``--dry-run OUT`` writes and what is uploaded)::
     data/{shift}/{shift}-{k:06d}.parquet      image, label, key, metadata  (--format parquet)
 
 Both load with ``datasets.load_dataset(OUT_OR_REPO, name=shift, split="test")`` (and with
-``streaming=True``); the card declares the features, with labels as a 1000-name ``ClassLabel``.
+``streaming=True``); the card declares the features, with labels as a ``ClassLabel`` of the label
+space's names (a repeated name gets its index: ``missile (657)``).
 WebDataset columns are named by the members (``png``/``jpg``, ``cls``, ``json``, ``__key__``);
 Parquet columns are ``image``, ``label``, ``key``, ``metadata`` (JSON text).
 
@@ -189,7 +190,8 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         dataset_format: ``"webdataset"`` (the tars as built) or ``"parquet"``.
         repo: the repository id the card's examples name.
         license_id: the card's license (default: by the data's origin).
-        class_list: the label space (default ImageNet-1k), for the label feature.
+        class_list: the label space, for the label feature (default: the one the manifest records,
+            from a build with a custom token bank, else ImageNet-1k).
 
     Returns:
         ``{"out", "format", "shifts": {shift: n}, "plan_hash"}``.
@@ -198,7 +200,6 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         ShardError: no manifest, or shards that disagree with it (named); a shift with no samples.
         SpecError: an unknown format.
     """
-    from .classes import imagenet_classes
     from .files import atomic_write, ensure_writable_dir
     from .shards import ShardSet, verify_shards
 
@@ -219,7 +220,10 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
     empty = [s for s, v in shards.manifest.get("shifts", {}).items() if not v.get("samples")]
     if empty or not shards.records:
         raise ShardError(f"refusing to publish: shift(s) {', '.join(empty) or 'all'} have no samples")
-    class_names = (class_list or imagenet_classes()).names
+    from .classes import choose_class_list
+
+    # ClassLabel keys labels by name: repeated names (ImageNet's two 'missile's) get their index appended
+    class_names = choose_class_list(class_list, shards.class_list, repr(str(shards_dir))).unique_names
     out = ensure_writable_dir(out, "export folder")
     infos = {}
     for shift in shards.shifts:

@@ -107,23 +107,54 @@ def _open_rgb(item):
         return im.convert("RGB")
 
 
+def _imagenet_folder_indices(names: list[str]) -> list[int] | None:
+    """ImageNet-1k indices of folders named by WordNet id (``n01440764``), if every folder is one."""
+    import re
+
+    from .classes import imagenet_classes
+
+    if not all(re.fullmatch(r"n\d{8}", n) for n in names):
+        return None
+    by_wnid = {c.wnid: c.index for c in imagenet_classes() if c.wnid}
+    unknown = [n for n in names if n not in by_wnid]
+    if unknown:
+        logger.warning("class folders look like WordNet ids but %d are not ImageNet-1k classes (e.g. %s): "
+                       "using the folder names as class names", len(unknown), unknown[0])
+        return None
+    return [by_wnid[n] for n in names]
+
+
 def load_training_data(data, classes=None) -> TrainingData:
     """Training images from an ``ImageFolder``-style folder, a Hugging Face dataset (``image`` and
     ``label`` columns; a ``datasets.Dataset`` or a path saved with ``save_to_disk``), or a list
     of ``(path, class name)`` pairs.
+
+    A folder whose class folders are all ImageNet-1k WordNet ids (``train/n01440764/...``) is
+    ImageNet: labels are ImageNet indices and class names the class table's common names (so
+    tokens are ``<tench-0>``, initialised from the word pieces of "tench").
 
     Raises:
         SpecError: a missing folder, an empty class folder, a dataset without the columns.
     """
     items: dict[int, list] = {}
     saved_dataset = isinstance(data, (str, os.PathLike)) and (Path(data) / "state.json").exists()
+    present: list[int] | None = None  # ImageNet-style folders: the classes there are (of 1000)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir() and not saved_dataset:
         root = Path(data)
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
             raise SpecError(f"{str(root)!r} has no class folders; expected ROOT/<class name>/<image files>")
-        class_list = ClassList.from_names([f.name.replace("_", " ") for f in folders], ids=[f.name for f in folders])
-        for i, folder in enumerate(folders):
+        imagenet = _imagenet_folder_indices([f.name for f in folders])
+        if imagenet is not None:
+            # train/n01440764/...: the ImageNet label space, names from the class table (token <tench-0>,
+            # initialised from "tench", label 0), never the WordNet id's digit pieces
+            from .classes import imagenet_classes
+
+            class_list, present = imagenet_classes(), imagenet
+        else:
+            class_list = ClassList.from_names([f.name.replace("_", " ") for f in folders],
+                                              ids=[f.name for f in folders])
+        for i, folder in zip(present or range(len(folders)), folders):
             items[i] = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     elif isinstance(data, (list, tuple)):
         names = sorted({str(c) for _, c in data})
@@ -148,7 +179,7 @@ def load_training_data(data, classes=None) -> TrainingData:
         class_list = ClassList.from_names(names)
         for row in ds:
             items.setdefault(int(row["label"]), []).append(row["image"])
-    wanted = class_list.resolve(classes) if classes is not None else list(range(len(class_list)))
+    wanted = class_list.resolve(classes) if classes is not None else present or list(range(len(class_list)))
     empty = [class_list[c].name for c in wanted if not items.get(c)]
     if empty:
         raise SpecError(f"{len(empty)} class{'es have' if len(empty) > 1 else ' has'} no images: "
@@ -635,7 +666,8 @@ class TokenTrainer:
 
         with torch.no_grad():
             rows = _pin_rows(self.param.detach(), self.norms).cpu()  # the pinned rows are what is used and saved
-        return TokenBank(rows, self.infos, self.tokens, base_model=self.spec.model, extra={
+        return TokenBank(rows, self.infos, self.tokens, base_model=self.spec.model,
+                         class_list=self.train.class_list, extra={
             "training": {"base_model_fingerprint": _model_id(self.spec), **self.config.record(),
                          "resolution": self.resolution, "native_resolution": self.native_resolution,
                          "crop": "square centre crop, bicubic resize, horizontal flip p=0.5",
@@ -802,7 +834,7 @@ def _merge_ranks(final: Path, world: int, class_ids: list[int], classes_per_batc
     infos = {c.index: c for b in banks.values() for c in b.class_infos}
     tokens = {c.index: t for b in banks.values() for c, t in zip(b.class_infos, b.tokens)}
     merged = TokenBank(torch.stack(rows), [infos[c] for c in class_ids], [tokens[c] for c in class_ids],
-                       base_model=first.base_model, extra={"training": training})
+                       base_model=first.base_model, extra={"training": training}, class_list=first.class_list)
     merged.save(final)
     return merged
 

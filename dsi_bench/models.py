@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .classes import ClassList
-from .errors import ModelLoadError, OfflineError, OptionalDependencyError, SpecError, close_matches
+from .errors import ClassSpecError, ModelLoadError, OfflineError, OptionalDependencyError, SpecError, close_matches
 
 __all__ = ["MODEL_KINDS", "ClassMap", "LoadedModel", "ModelKind", "imagenet_eval_transform", "load_model",
            "model_spec_help", "register_model_kind"]
@@ -119,8 +119,6 @@ class ClassMap:
 
     @classmethod
     def from_entries(cls, entries: Sequence, classes: ClassList, source: str = "") -> ClassMap:
-        by_id = {c.wnid: c.index for c in classes if c.wnid}
-        by_name = {c.name.lower(): c.index for c in classes}
         targets = []
         for k, e in enumerate(entries):
             if e is None:
@@ -132,13 +130,15 @@ class ClassMap:
                 if not 0 <= i < len(classes):
                     raise SpecError(f"class map {source}: output {k} maps to class {i}, outside 0..{len(classes) - 1}")
                 targets.append(i)
-            elif isinstance(e, str) and e in by_id:
-                targets.append(by_id[e])
-            elif isinstance(e, str) and e.strip().lower() in by_name:
-                targets.append(by_name[e.strip().lower()])
+            elif isinstance(e, str):
+                try:  # WordNet id, name or alias (torchvision's ImageNet names); shared names are refused
+                    targets.append(classes.index_of(e))
+                except ClassSpecError as cause:
+                    raise SpecError(f"class map {source}: output {k} maps to {e!r}, which is not a class index, "
+                                    f"WordNet id or unique class name of the label space ({cause})") from cause
             else:
                 raise SpecError(f"class map {source}: output {k} maps to {e!r}, which is not a class index, WordNet id "
-                                "or class name of the label space." + close_matches(str(e), list(by_name)))
+                                "or class name of the label space")
         return cls(targets, source)
 
     @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import ClassList, imagenet_classes
+from .classes import ClassList
 from .errors import PredictionsError
 from .results import Results, ShiftPredictions, build_results
 
@@ -259,15 +259,14 @@ def score_predictions(
         SpecError: an option that needs a source, without one.
     """
     from .compat import reject_unknown
-    from .datasets import ShiftedImageNet, argument_defaults
+    from .datasets import ShiftedImageNet, argument_defaults, label_space
     from .evaluate import data_arguments, data_info, resolve_shifts
 
     args = data_arguments(data, (), legacy, "score_predictions")
     reject_unknown(legacy, "score_predictions")
     source, root = args.get("source"), args.get("root")
     masks, classes = args.get("masks", False), args.get("classes")
-    class_list = args.get("class_list")
-    class_list = class_list or imagenet_classes()
+    class_list = label_space(args)  # class_list=, else what the data records (a custom bank's), else ImageNet-1k
     f = _read(path, class_list)
     rows = f.rows
     if not rows:

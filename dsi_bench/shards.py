@@ -250,6 +250,25 @@ class ShardSet:
         return list(seen)
 
     @property
+    def class_list(self):
+        """The label space the plan records (builds with a token bank learned on another dataset than
+        ImageNet record its classes); ``None`` otherwise (ImageNet-1k).
+
+        Raises:
+            ShardError: the recorded class list is damaged.
+        """
+        from .classes import ClassList
+        from .errors import ClassSpecError
+
+        data = self.plan.get("class_list")
+        if data is None:
+            return None
+        try:
+            return ClassList.from_dict(data)
+        except ClassSpecError as e:
+            raise ShardError(f"{self.root.join(MANIFEST)!r} records a damaged class list ({e})") from e
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of the manifest: identifies the data a result was computed on."""
         import hashlib

@@ -144,7 +144,12 @@ class Synthesizer:
         """
         bank = None
         if tokens is not None:
-            bank = load_tokens(tokens, class_list=list(class_list))
+            bank = load_tokens(tokens, class_list=class_list)
+            custom = bank.custom_class_list
+            if custom is not None and custom.names != class_list.names:
+                raise TokenBankError(f"the token bank was learned on {custom.name!r} ({len(custom)} classes) but the "
+                                     f"label space is {class_list.name!r} ({len(class_list)} classes); use the bank's "
+                                     "class list (tokens_class_list(tokens)) or leave class_list out")
             bank.require(classes)
         cache = None if cache_dir is False else SampleCache(None if cache_dir in (None, True) else cache_dir)
         return cls(pipeline, bank, class_list, cache)

@@ -2,7 +2,11 @@
 
 A :class:`TokenBank` is saved as one safetensors file: ``{token string: embedding}`` plus a
 JSON metadata entry (``dsi_bench``) with, per class, its index, name, WordNet id and token,
-and the bank's base model and embedding width.
+the bank's base model and embedding width, and the **class list** of the dataset the tokens
+belong to (``class_list``: names and ids of every class of its label space). Every consumer
+(datasets, ``generate``, ``build``, ``eval``, ``score``, ``publish``) takes labels and class names
+from that list when it is not ImageNet-1k's. Banks written before the class list was recorded
+load as before (``class_list`` is ``None``: the consumer's own label space applies).
 
 Importers read the ImageNet* release (``tokens/{i}.bin`` as a folder or as ``tokens.zip``)
 and diffusers textual-inversion files (``learned_embeds.safetensors`` / ``.bin``, or a
@@ -24,13 +28,14 @@ from pathlib import Path
 
 import torch
 
-from .classes import ClassInfo, imagenet_classes
+from .classes import ClassInfo, ClassList, imagenet_classes
 from .compat import reject_unknown, renamed
-from .errors import OfflineError, TokenBankError
+from .errors import ClassSpecError, OfflineError, TokenBankError
 from .files import atomic_write
 from .memo import Memo
 
-__all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "fetch_imagenet_star_tokens", "load_tokens"]
+__all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "bank_class_list", "fetch_imagenet_star_tokens", "load_tokens",
+           "tokens_class_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,12 @@ class TokenBank:
         tokens: the token string of each row; defaults to ``<{name}-{index}>``.
         base_model: the model whose text-embedding space the rows live in.
         extra: free-form JSON-serialisable metadata kept with the bank (training progress, ...).
+        class_list: the label space the classes belong to (all classes of the dataset, also
+            those without a token here); saved with the bank. ``None``: not recorded.
+
+    Raises:
+        TokenBankError: shapes, names or indices that do not fit, or classes that disagree
+            with ``class_list``.
     """
 
     def __init__(
@@ -93,6 +104,7 @@ class TokenBank:
         *,
         base_model: str | None = None,
         extra: dict | None = None,
+        class_list: ClassList | None = None,
     ):
         embeddings = torch.as_tensor(embeddings).detach().to("cpu", torch.float32)
         classes = list(classes)
@@ -112,6 +124,16 @@ class TokenBank:
         indices = [c.index for c in classes]
         if len(set(indices)) != len(indices):
             raise TokenBankError("each class index may appear only once in a token bank")
+        if class_list is not None:
+            if not isinstance(class_list, ClassList):
+                raise TokenBankError(f"class_list must be a ClassList, not {type(class_list).__name__}")
+            wrong = [c for c in classes if c.index >= len(class_list) or class_list[c.index].name != c.name]
+            if wrong:
+                c = wrong[0]
+                have = class_list[c.index].name if c.index < len(class_list) else "nothing"
+                raise TokenBankError(f"class {c.index} ({c.name!r}) does not match its class list {class_list.name!r} "
+                                     f"({len(class_list)} classes; index {c.index} is {have!r}); build the bank from "
+                                     "the class list's own ClassInfo entries")
         embeddings = embeddings.contiguous()
         embeddings.requires_grad_(False)
         init = object.__setattr__
@@ -119,6 +141,7 @@ class TokenBank:
         init(self, "class_infos", tuple(classes))
         init(self, "tokens", tuple(tokens))
         init(self, "base_model", base_model)
+        init(self, "class_list", class_list)
         init(self, "extra", json.loads(json.dumps(extra or {})))  # a private copy, JSON-clean
         init(self, "_row", {c.index: i for i, c in enumerate(classes)})
         # Computed now, not on first use: the fingerprint keys the pipeline and sample caches.
@@ -131,7 +154,7 @@ class TokenBank:
         """A copy with another base model or extra metadata (tokens and embeddings are the same)."""
         return TokenBank(self.embeddings, self.class_infos, self.tokens,
                          base_model=self.base_model if base_model is None else base_model,
-                         extra=self.extra if extra is None else extra)
+                         extra=self.extra if extra is None else extra, class_list=self.class_list)
 
     @property
     def classes(self) -> tuple[ClassInfo, ...]:
@@ -157,6 +180,13 @@ class TokenBank:
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
+
+    @property
+    def custom_class_list(self) -> ClassList | None:
+        """The bank's recorded class list when it is not ImageNet-1k's (``None`` otherwise, or when
+        not recorded): the label space consumers take from the bank."""
+        cl = self.class_list
+        return None if cl is None or cl.is_imagenet else cl
 
     @property
     def class_indices(self) -> list[int]:
@@ -216,14 +246,19 @@ class TokenBank:
             [self.tokens[r] for r in rows],
             base_model=self.base_model,
             extra=self.extra,
+            class_list=self.class_list,
         )
 
     @classmethod
     def from_embeddings(
-        cls, embeddings: torch.Tensor, classes: Sequence[ClassInfo], *, base_model: str | None = None
+        cls, embeddings: torch.Tensor, classes: Sequence[ClassInfo], *, base_model: str | None = None,
+        class_list: ClassList | None = None,
     ) -> TokenBank:
-        """A bank with release-style token names ``<{name}-{index}>``."""
-        return cls(embeddings, classes, base_model=base_model)
+        """A bank with release-style token names ``<{name}-{index}>`` (``class_list``: as in :class:`TokenBank`;
+        default: ``classes`` itself when it is a :class:`~dsi_bench.classes.ClassList`)."""
+        if class_list is None and isinstance(classes, ClassList):
+            class_list = classes
+        return cls(embeddings, classes, base_model=base_model, class_list=class_list)
 
     # ------------------------------------------------------------------ our format
     def metadata(self) -> dict:
@@ -233,6 +268,7 @@ class TokenBank:
             "base_model": self.base_model,
             "dim": self.dim,
             "classes": [{**c.to_dict(), "token": t} for c, t in zip(self.class_infos, self.tokens)],
+            "class_list": None if self.class_list is None else self.class_list.to_dict(),
             "extra": self.extra,
         }
 
@@ -298,6 +334,7 @@ class TokenBank:
             )
         if not rows:
             raise TokenBankError(f"{str(path)!r} holds no tokens/{{i}}.bin files; is it the ImageNet* tokens.zip?")
+        recorded = classes if isinstance(classes, ClassList) else imagenet_classes() if classes is None else None
         classes = list(classes) if classes is not None else list(imagenet_classes())
         by_index = {c.index: c for c in classes}
         unknown = sorted(set(rows) - set(by_index))
@@ -309,7 +346,8 @@ class TokenBank:
             raise TokenBankError(f"{str(path)!r} mixes embedding widths {sorted(dims)}; every token must have one")
         if len(order) != len(by_index):
             logger.warning("%s holds %d of %d class tokens", path, len(order), len(by_index))
-        return cls(torch.stack([rows[i] for i in order]), [by_index[i] for i in order], base_model=base_model)
+        return cls(torch.stack([rows[i] for i in order]), [by_index[i] for i in order], base_model=base_model,
+                   class_list=recorded)
 
     @classmethod
     def from_diffusers(
@@ -368,6 +406,7 @@ class TokenBank:
             [infos[i] for i in order],
             [tokens[i] for i in order],
             base_model=base_model,
+            class_list=classes if isinstance(classes, ClassList) else None,
         )
 
     # ------------------------------------------------------------------ exporters
@@ -475,7 +514,56 @@ def _load_bank_file(path: Path) -> TokenBank:
         [r["token"] for r in rows],
         base_model=meta.get("base_model"),
         extra=meta.get("extra") or {},
+        class_list=_recorded_class_list(meta, path),
     )
+
+
+def _recorded_class_list(meta: dict, path) -> ClassList | None:
+    """The class list a bank file records (``None`` in banks written before it was recorded)."""
+    data = meta.get("class_list")
+    if data is None:
+        return None
+    try:
+        return ClassList.from_dict(data)
+    except ClassSpecError as e:
+        raise TokenBankError(f"{str(path)!r} has a damaged class list ({e}); re-save the bank") from e
+
+
+def tokens_class_list(tokens, class_list: ClassList | None = None) -> ClassList:
+    """The label space for generating with ``tokens``: ``class_list`` if given, else the class list a
+    bank learned on another dataset records (:func:`bank_class_list`), else ImageNet-1k.
+
+    Raises:
+        ClassSpecError: ``class_list`` contradicts the bank's recorded class list.
+    """
+    from .classes import choose_class_list
+
+    return choose_class_list(class_list, bank_class_list(tokens), "the token bank")
+
+
+def bank_class_list(tokens) -> ClassList | None:
+    """The non-ImageNet class list a token source records, without fetching or loading embeddings.
+
+    Args:
+        tokens: anything :func:`load_tokens` takes, or ``None``.
+
+    Returns:
+        The recorded :class:`~dsi_bench.classes.ClassList` of a :class:`TokenBank` or of a dsi-bench
+        ``.safetensors`` bank file when it is not ImageNet-1k's; ``None`` for ImageNet banks, banks
+        that record none (older files), the release's tokens, diffusers files and ``None``.
+    """
+    if tokens is None:
+        return None
+    if isinstance(tokens, TokenBank):
+        return tokens.custom_class_list
+    if isinstance(tokens, str) and tokens in ("imagenet-star", IMAGENET_STAR_TOKENS_REPO):
+        return None
+    path = Path(tokens).expanduser()
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    meta = _read_safetensors_meta(path)
+    recorded = None if meta is None else _recorded_class_list(meta, path)
+    return None if recorded is None or recorded.is_imagenet else recorded
 
 
 def _read_state_dict(path: Path) -> dict:

@@ -45,7 +45,7 @@ def test_generate_writes_the_layout_and_metadata(tiny_model, tiny_tokens, tmp_pa
     assert files == [f"in_the_rain/{c:04d}/{i:02d}.jpg" for c in (0, 1, 207) for i in (0, 1)]
     lines = [json.loads(x) for x in (out / "in_the_rain" / "metadata.jsonl").read_text().splitlines()]
     assert [r["file"] for r in lines] == [f.split("/", 1)[1] for f in files]
-    assert lines[-1]["prompt"] == "a photo of a <golden retriever-207> in the rain"
+    assert lines[-1]["prompt"] == "a photo of a <Golden Retriever-207> in the rain"
     assert lines[0]["format"] == "jpg" and lines[0]["quality"] == 95 and lines[0]["steps"] == 2
     assert "in_the_rain" in capsys.readouterr().out
     # A rerun with the same settings resumes: nothing new is generated, nothing is lost.

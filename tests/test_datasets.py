@@ -27,7 +27,7 @@ def test_dataset_contract(make_ds):
     assert ds.targets == [0, 0, 1, 1, 2, 2, 207, 207]
     image, label = ds[7]
     assert label == 1207 and image.tolist() == [32, 32]
-    assert ds.classes[207] == "golden retriever" and ds.class_to_idx["goldfish"] == 1
+    assert ds.classes[207] == "Golden Retriever" and ds.class_to_idx["goldfish"] == 1
     with pytest.raises(IndexError):
         ds[8]
     text = repr(ds)

@@ -57,7 +57,7 @@ def test_metadata_carries_full_provenance(tiny_spec, tiny_tokens):
     [sample] = synth.generate([SampleRequest(get_shift("at night"), 207, 4, seed=3)])
     m = sample.metadata
     assert m["key"] == "at_night/0207/04"
-    assert m["prompt"] == "a photo of a <golden retriever-207> at night"
+    assert m["prompt"] == "a photo of a <Golden Retriever-207> at night"
     assert m["sample_seed"] == sample_seed(3, 207, 4) and m["seed"] == 3
     assert m["model"] == tiny_spec.model and m["model_fingerprint"].startswith("sha256:")
     assert m["scheduler"] == "DPMSolverMultistepScheduler" and m["steps"] == 2

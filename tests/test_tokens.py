@@ -124,8 +124,8 @@ def test_inject_uses_one_load_textual_inversion_call(tiny_model, tiny_tokens, mo
     bank.inject(pipe)
     assert calls == [1000]
     assert len(pipe.tokenizer) == n_vocab + 1000
-    ids = pipe.tokenizer("a photo of a <golden retriever-207> in the snow", add_special_tokens=False).input_ids
-    token_id = pipe.tokenizer.convert_tokens_to_ids("<golden retriever-207>")
+    ids = pipe.tokenizer("a photo of a <Golden Retriever-207> in the snow", add_special_tokens=False).input_ids
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<Golden Retriever-207>")
     assert token_id in ids
     row = pipe.text_encoder.get_input_embeddings().weight[token_id]
     assert torch.allclose(row, bank.embedding(207))

@@ -12,7 +12,8 @@ import sys
 import textwrap
 
 __all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples",
-           "add_shifts", "deprecated_flag", "example", "masks_value", "pipeline_from", "resolve_devices", "shifts_from",
+           "add_shifts", "class_list_from", "deprecated_flag", "example", "masks_value", "pipeline_from",
+           "resolve_devices", "shifts_from",
            "tokens_value"]
 
 
@@ -116,9 +117,23 @@ def add_samples(parser) -> None:
     add_shifts(parser, "default: base")
     parser.add_argument("--shift", action="append",
                         help="one shift name, template or phrase (commas allowed); repeat for several")
-    parser.add_argument("--classes", default="all", help="e.g. 0-9,207 or goldfish (default: all)")
+    parser.add_argument("--classes", default="all", help="indices, ranges, names or ids of the label space, e.g. "
+                        "0-9,207 or goldfish (default: all)")
     parser.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    parser.add_argument("--class-list", default=None, help="the label space: .txt (one name per line) or .json "
+                        "class list (default: the classes a token bank learned on your dataset records, else "
+                        "ImageNet-1k)")
+
+
+def class_list_from(args):
+    """``--class-list``: a :class:`~dsi_bench.classes.ClassList` read from the file, or ``None``."""
+    path = getattr(args, "class_list", None)
+    if not path:
+        return None
+    from ..classes import ClassList
+
+    return ClassList.from_file(path)
 
 
 #: Device options (argparse dest -> flag), resolved and checked by :func:`resolve_devices`.

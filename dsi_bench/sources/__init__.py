@@ -18,7 +18,7 @@ from ..errors import SpecError, close_matches
 if TYPE_CHECKING:
     from .base import Source
 
-__all__ = ["list_sources", "open_source", "register_source", "source_class"]
+__all__ = ["list_sources", "open_source", "recorded_class_list", "register_source", "source_class"]
 
 # name -> "module:Class" (imported on first use) or the class itself
 _REGISTRY: dict[str, object] = {
@@ -74,6 +74,13 @@ def source_class(name: str) -> type[Source]:
 def sources_taking(option: str) -> list[str]:
     """Registered sources whose own options include ``option``."""
     return [n for n in _REGISTRY if option in source_class(n).options]
+
+
+def recorded_class_list(name: str, root=None, **options):
+    """The class list the data of source ``name`` at ``root`` records, if it is not ImageNet-1k's
+    (:meth:`Source.recorded_class_list`); options the source does not take are left out."""
+    cls = source_class(name)
+    return cls.recorded_class_list(root, **{k: v for k, v in options.items() if k in cls.options})
 
 
 def open_source(name: str, root=None, shift="base", *, class_list=None, classes=None, per_class=None,

@@ -108,6 +108,16 @@ class Source(abc.ABC):
 
     # ------------------------------------------------------------------ what the source holds
     @classmethod
+    def recorded_class_list(cls, root, **options) -> ClassList | None:
+        """The label space the data records, when it is not ImageNet-1k's (a custom token bank's
+        classes, a manifest's); ``None``: nothing recorded (the dataset then uses ImageNet-1k).
+
+        ``options`` are the dataset's options this source takes (:attr:`options`); called before
+        the source is opened, so it must be cheap and never fetch anything big.
+        """
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def available_shifts(cls, root) -> list[str]:
         """Shift ids the source holds at ``root`` (what ``shifts="all"`` evaluates)."""

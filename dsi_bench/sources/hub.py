@@ -54,6 +54,20 @@ class HubEntry:
     row: int
 
 
+def published_manifest(root) -> dict | None:
+    """The ``manifest.json`` a published set carries (a local export or a Hub dataset); ``None`` if none."""
+    try:
+        if Path(str(root)).is_dir():
+            path = Path(str(root)) / "manifest.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(root), "manifest.json", repo_type="dataset"))
+        return json.loads(path.read_text())
+    except Exception:  # noqa: BLE001 - no manifest published (or unreachable): nothing recorded
+        return None
+
+
 class HubSet:
     """One shift of a published set (a Hub repo id or a local export), through ``datasets``.
 
@@ -95,15 +109,8 @@ class HubSet:
         """The published manifest's fingerprint (equal to the source shard folder's), if it has one."""
         import hashlib
 
-        try:
-            if Path(self.root).is_dir():
-                path = Path(self.root) / "manifest.json"
-            else:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(self.root, "manifest.json", repo_type="dataset"))
-            manifest = json.loads(path.read_text())
-        except Exception:  # noqa: BLE001 - no manifest published: no fingerprint
+        manifest = published_manifest(self.root)
+        if manifest is None:
             return None
         return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
@@ -135,6 +142,15 @@ class HubSource(Source):
     def __init__(self, root, shift, **kwargs):
         super().__init__(root, shift, **kwargs)
         self.store = HubSet(root, self.shift.id)
+
+    @classmethod
+    def recorded_class_list(cls, root, **options):
+        """The classes the published manifest records (a build with a custom token bank)."""
+        from ..classes import ClassList
+
+        manifest = published_manifest(root) if root is not None else None
+        data = (manifest or {}).get("plan", {}).get("class_list")
+        return None if data is None else ClassList.from_dict(data)
 
     @classmethod
     def available_shifts(cls, root) -> list[str]:

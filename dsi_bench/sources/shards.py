@@ -38,6 +38,13 @@ class ShardSource(Source):
 
         return ShardSet(root).shifts
 
+    @classmethod
+    def recorded_class_list(cls, root, **options):
+        """The classes a build with a custom token bank recorded in the manifest."""
+        from ..shards import ShardSet
+
+        return None if root is None else ShardSet(root).class_list
+
     def resolve_shift(self, shift) -> Shift:
         """An id the folder holds (custom ones too) is taken as it is; the template comes from the plan."""
         if isinstance(shift, str) and "<" not in shift:

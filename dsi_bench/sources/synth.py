@@ -53,6 +53,13 @@ class SynthSource(Source):
         return self.synthesizer.spec
 
     @classmethod
+    def recorded_class_list(cls, root=None, tokens="imagenet-star", **options):
+        """The token bank's classes, when it was learned on another dataset than ImageNet."""
+        from ..tokens import bank_class_list
+
+        return bank_class_list(tokens)
+
+    @classmethod
     def available_shifts(cls, root=None) -> list[str]:
         from ..shifts import list_shifts
 
