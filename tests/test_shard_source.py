@@ -136,6 +136,9 @@ def test_fsspec_urls_and_hf_paths(built, monkeypatch):
             return path[len("hf://"):] if path.startswith("hf://") else path
 
     monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, "hf", LocalHub)
+    import dsi_bench.online
+
+    monkeypatch.setattr(dsi_bench.online, "hub_unreachable", lambda **kw: None)  # the stub hub is reachable
     hub = ShiftedImageNet("in the snow", source="shards", root=f"hf://{out.name}", transform=to_array)
     local = ShiftedImageNet("in the snow", source="shards", root=out, transform=to_array)
     assert hub.keys == local.keys

@@ -56,6 +56,8 @@ class HubEntry:
 
 def published_manifest(root) -> dict | None:
     """The ``manifest.json`` a published set carries (a local export or a Hub dataset); ``None`` if none."""
+    if not Path(str(root)).is_dir():
+        _check_reachable(str(root))  # out of reach: one line now, not retries for half a minute
     try:
         if Path(str(root)).is_dir():
             path = Path(str(root)) / "manifest.json"
@@ -64,7 +66,7 @@ def published_manifest(root) -> dict | None:
 
             path = Path(hf_hub_download(str(root), "manifest.json", repo_type="dataset"))
         return json.loads(path.read_text())
-    except Exception:  # noqa: BLE001 - no manifest published (or unreachable): nothing recorded
+    except Exception:  # noqa: BLE001 - no manifest published (the set itself is checked when it is opened)
         return None
 
 
