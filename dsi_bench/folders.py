@@ -79,19 +79,41 @@ def generate_folder(
     Returns:
         One summary dict per shift: ``shift``, ``folder``, ``images``, ``generated``, ``seconds``.
     """
-    from tqdm.auto import tqdm
-
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="generate_folder: ") or PipelineSpec()
     reject_unknown(deprecated_names, "generate_folder")
     check_image_options(image_format, quality)
     check_positive_int(per_class, "per_class", example=50)
-    out = ensure_writable_dir(out, "output folder")
+    shift_objs = [get_shift(s) for s in shifts]
     check_model(spec.model)
     class_list = tokens_class_list(tokens, class_list)
     indices = class_list.resolve(classes)
-    shift_objs = [get_shift(s) for s in shifts]
-    synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
-    ext = image_format
+    created: list[Path] = [] if Path(out).exists() else [Path(out)]
+    out = ensure_writable_dir(out, "output folder")
+    try:
+        synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
+        return _generate_shifts(out, shift_objs, synth, spec, indices, per_class, seed, image_format, quality,
+                                progress, created)
+    except BaseException:
+        _remove_if_empty(created)  # a run that failed before writing an image leaves nothing behind
+        raise
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the files and folders this run created, when they hold nothing (never anything else)."""
+    for path in reversed(created):
+        try:
+            if path.is_dir():
+                path.rmdir()  # only succeeds when empty
+            elif path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def _generate_shifts(out: Path, shift_objs, synth, spec, indices, per_class, seed, ext, quality, progress,
+                     created: list[Path]) -> list[dict]:
+    from tqdm.auto import tqdm
+
     summary = []
     for shift in shift_objs:
         folder = out / shift.id
@@ -105,6 +127,7 @@ def generate_folder(
             if row is None or row.get("cache_key") != synth.cache_key(r) or not (folder / rel).is_file():
                 todo.append(r)
         start = time.perf_counter()
+        created += [p for p in (folder, meta_path) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(todo), desc=shift.id, unit="img", disable=not progress or not todo, dynamic_ncols=True)
         with bar, open(meta_path, "a", encoding="utf-8") as log:

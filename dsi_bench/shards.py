@@ -120,6 +120,12 @@ def _read_manifest(root: _Root) -> dict:
     if not root.exists():
         raise ShardError(f"shard folder {root.url!r} does not exist; build one with `dsi-bench build --out DIR`")
     if not root.exists(MANIFEST):
+        if root.local is not None and any(root.local.glob("*/metadata.jsonl")):
+            raise ShardError(
+                f"{root.url!r} is an image folder written by `dsi-bench generate`, not a shard folder; evaluate "
+                "the same samples with --source synth and the generate command's settings (they come from the "
+                "cache), or write shards with `dsi-bench build --out DIR`"
+            )
         raise ShardError(
             f"{root.url!r} has no {MANIFEST}: it is not a finished shard folder. If a build was interrupted, "
             "rerun the same `dsi-bench build` command to finish it"

@@ -211,9 +211,11 @@ class TokenBank:
         missing = [i for i in class_indices if i not in self._row]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            covered = _index_spec(sorted(self._row))
             raise TokenBankError(
-                f"token bank has no token for class {missing[0]}{more}; it covers {len(self)} classes. Select "
-                "classes within the bank (classes= / --classes) or use a bank that covers them"
+                f"token bank has no token for class {missing[0]}{more}; it covers {len(self)} classes "
+                f"({covered}). Select classes within the bank (classes= / --classes {covered}) or use a bank "
+                "that covers them"
             )
 
     def token_for(self, class_index: int) -> str:
@@ -664,3 +666,15 @@ def _load_tokens_uncached(path: Path, classes) -> TokenBank:
     if any(f.stem.isdigit() for f in folder.glob("*.bin")):
         return TokenBank.from_release(path, class_list=classes)
     return TokenBank.from_diffusers(path, class_list=classes)
+
+
+def _index_spec(indices: list[int], limit: int = 8) -> str:
+    """Sorted class indices as a class spec, ``"0-1,7,9-12"`` (the first ``limit`` runs, then ``...``)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    return ",".join(parts[:limit]) + (",..." if len(parts) > limit else "")

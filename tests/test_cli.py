@@ -510,3 +510,34 @@ def test_readme_streaming_snippet_runs(release_shards, monkeypatch):
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["x"].shape[0] == scope["y"].shape[0] > 1  # a batch: the loader collated tensors
+
+
+def test_generate_that_fails_leaves_nothing_and_eval_names_a_generate_folder(tmp_path, tiny_model, capsys):
+    """From the new-user trial: a failed generate left empty folders; the bank error did not say which classes it
+    covers; eval on a generate folder blamed an interrupted build."""
+    from dsi_bench.testing import save_tiny_tokens
+
+    two = save_tiny_tokens(tmp_path / "two.safetensors", num_classes=2)
+    base = ["generate", "--generator", str(tiny_model), "--tokens", str(two), "--shifts", "base",
+            "--per-class", "1", "--steps", "2", "--out-size", "0", "-q"]
+    out = tmp_path / "out"
+    assert main([*base, "--out", str(out)]) == 2  # default classes: all 1000, the bank covers a few
+    err = capsys.readouterr().err
+    assert "it covers 2 classes (0-1)" in err and "--classes 0-1" in err, err
+    assert not out.exists()
+
+    broken = tmp_path / "broken"  # passes the up-front checks, fails when the pipeline loads
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    assert main([*base[:2], str(broken), *base[3:], "--classes", "0", "--out", str(mine)]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # ours removed, the user's kept
+
+    gen = tmp_path / "gen"
+    assert main([*base, "--classes", "0", "--out", str(gen)]) == 0
+    assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root", str(gen)]) == 2
+    err = capsys.readouterr().err
+    assert "written by `dsi-bench generate`" in err and "--source synth" in err, err

@@ -171,7 +171,7 @@ def add_pipeline(parser, *, cache: bool = True) -> None:
     g.add_argument("--generator", default=DEFAULT_MODEL,
                    help="the diffusion model: a diffusers folder or Hub id (default: %(default)s)")
     deprecated_flag(g, "--model", "--generator", "generator")
-    g.add_argument("--revision", default=None, help="Hub branch, tag or commit")
+    g.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: the main branch)")
     g.add_argument("--tokens", default="imagenet-star", help="token bank, tokens.zip, diffusers file/folder, "
                    "'imagenet-star' (Hub) or 'none' for class names (default: %(default)s)")
     g.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler preset (default: euler)")
@@ -179,14 +179,15 @@ def add_pipeline(parser, *, cache: bool = True) -> None:
     g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
     g.add_argument("--gen-size", type=int, default=None, help="generation size in px (default: model native)")
     g.add_argument("--out-size", type=int, default=512, help="output size in px, 0 = keep (default: 512)")
-    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--negative-prompt", default=None, help="negative prompt (default: none, as the original)")
     g.add_argument("--batch-size", type=int, default=8,
                    help="samples per denoiser call; part of the sampler settings (default: 8)")
     add_device(g, "the generator")
     g.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16 (default: auto)")
     g.add_argument("--safety-checker", action="store_true",
                    help="run the model's safety checker (flagged images come out black)")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--channels-last", action="store_true", help="channels-last UNet memory format (faster on "
+                   "some GPUs; same images up to float rounding)")
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     if cache:
         g.add_argument("--cache-dir", default=None, help="sample cache (default: ~/.cache/dsi-bench/samples)")

@@ -12,7 +12,8 @@ def add_data(p, *, sources=None, required_source: bool = True) -> None:
     g = p.add_argument_group("data")
     choices = sources or list_sources()
     g.add_argument("--source", choices=choices, default="shards" if required_source else None,
-                   help="where the samples come from (default: %(default)s)")
+                   help="where the samples come from (default: " + ("%(default)s" if required_source else
+                        "none: keys and labels from the predictions file") + ")")
     g.add_argument("--root", default=None, help="shard folder/URL, release folder or zip, or Hub dataset id")
     g.add_argument("--classes", default=None, help="only these classes (e.g. 0-99)")
     g.add_argument("--per-class", type=int, default=None, help="at most this many samples per class")
@@ -65,7 +66,9 @@ class Eval(Command):
         # not required=True in argparse: the deprecated --model may give it
         p.add_argument("--classifier", default=None, help=f"the model under test (required): {model_spec_help()}")
         deprecated_flag(p, "--model", "--classifier", "classifier")
-        p.add_argument("--weights", default=None, help="DEFAULT, an enum/tag name, none, or a checkpoint path")
+        p.add_argument("--weights", default=None,
+                       help="DEFAULT (the library's recommended pretrained weights, downloaded once), an enum/tag "
+                       "name, none (random), or a checkpoint path (default: DEFAULT)")
         p.add_argument("--name", default=None, help="display name (default: spec and weights)")
         add_shifts(p, "default: all the source holds")
         add_data(p)

@@ -53,7 +53,7 @@ class LearnTokens(Command):
         p.add_argument("--generator", default=DEFAULT_MODEL,
                        help="the diffusion model: a diffusers folder or Hub id (default: %(default)s)")
         deprecated_flag(p, "--model", "--generator", "generator")
-        p.add_argument("--revision", default=None)
+        p.add_argument("--revision", default=None, help="Hub branch, tag or commit of --generator (default: main)")
         p.add_argument("--out", required=True, help="token bank to write (.safetensors); resumes if it exists")
         p.add_argument("--classes", default=None, help="only these classes (default: all)")
         presets = "; ".join(f"{k}: {v['steps']} steps, lr {v['lr']:g}" for k, v in PRESETS.items())
@@ -64,7 +64,7 @@ class LearnTokens(Command):
                        help="training steps per class (default: the preset's); before 0.2 this flag was the "
                             "per-run limit, now --max-steps-this-run")
         deprecated_flag(p, "--steps", "--max-steps", "max_steps", type=int)
-        p.add_argument("--lr", type=float, default=None)
+        p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's; reference 5e-4)")
         p.add_argument("--resolution", type=int, default=None,
                        help="training size in px (default: the generator's native size, 768 for SD2; more than "
                             f"{MAX_RESOLUTION_OVER_NATIVE}x native needs --allow-high-resolution)")
@@ -72,7 +72,7 @@ class LearnTokens(Command):
                        help=f"allow --resolution above {MAX_RESOLUTION_OVER_NATIVE}x the native size (slow: cost "
                             "grows with the square of the size)")
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="seed of each class's draws (default: 0)")
         p.add_argument("--max-steps-this-run", type=int, default=None,
                        help="stop after this many steps (rerun to continue)")
         add_device(p, "training")
