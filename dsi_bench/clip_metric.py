@@ -157,7 +157,8 @@ class ClipScorer:
             if local:
                 raise ModelLoadError(f"{self.model_name!r} is not a CLIP model folder ({str(e)[:200]})") from e
             raise OfflineError(f"could not load CLIP {self.model_name!r} ({offline or type(e).__name__}); download it "
-                               "(hf download ORG/NAME --local-dir DIR) and pass clip=DIR (--clip DIR)") from e
+                               f"where you are online (hf download {self.model_name} --local-dir DIR) and pass "
+                               "clip=DIR (--clip DIR)") from e
         width = self.model.config.text_config.hidden_size
         self.tokens = None
         self.text_mode = "class names"

@@ -294,7 +294,7 @@ def _load_hf(name: str, weights: str | None, spec: str) -> LoadedModel:
             raise ModelLoadError(f"{str(name)!r} is not a transformers image classifier folder ({str(e)[:200]})") \
                 from e
         raise _offline(spec, f"{name} from the Hugging Face Hub", e,
-                       "download it (hf download ORG/NAME --local-dir DIR) and use hf:DIR") from e
+                       f"download it (hf download {name} --local-dir DIR) and use hf:DIR") from e
 
     def transform(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]

@@ -389,7 +389,8 @@ def test_eval_and_score_take_the_missing_flag_their_errors_suggest(release_shard
 
 
 # ---------------------------------------------------------------------- offline
-def _one_line_fast(argv, capsys, *, within=5.0):
+def _one_line_fast(argv, capsys, *, within=12.0):
+    """One line, exit 2, well before huggingface_hub's retries (about 30 s) would end; slack for a loaded machine."""
     t0 = time.perf_counter()
     code = main(argv)
     seconds = time.perf_counter() - t0
@@ -435,9 +436,9 @@ def test_offline_hub_roots_and_downloads_fail_at_once_with_the_local_option(mode
     err = _one_line_fast(["tokens", "imagenet-star"], capsys)
     assert "--tokens path/to/tokens.zip" in err
     err = _one_line_fast(["clip-filter", str(release_shards / "shards"), "--device", "cpu", "-q"], capsys)
-    assert "--clip DIR" in err
+    assert "--clip DIR" in err and "hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in err, err
     err = _one_line_fast(["generate", "--generator", "stabilityai/stable-diffusion-2", "--tokens", "none", "--out",
-                          str(release_shards / "out"), "--device", "cpu", "-q"], capsys, within=15)
+                          str(release_shards / "out"), "--device", "cpu", "-q"], capsys, within=20)
     assert "--generator DIR" in err
 
 
