@@ -8,9 +8,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CacheError
+from .errors import CacheError, ShardError
 
-__all__ = ["atomic_write", "canonical_json", "default_cache_dir", "ensure_writable_dir", "read_json", "sha256_file"]
+__all__ = ["atomic_write", "canonical_json", "contained_path", "default_cache_dir", "ensure_writable_dir", "read_json",
+           "sha256_file"]
 
 
 def default_cache_dir() -> Path:
@@ -99,3 +100,24 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] = Cache
         raise error(f"{what} {str(path)!r} does not exist") from cause
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{what} {str(path)!r} is not valid JSON ({e})") from e
+
+
+def contained_path(root: str | os.PathLike, rel: str, what: str) -> Path:
+    """``root/rel``, refusing a ``rel`` read from a file (manifest, zip, tar) that would leave ``root``.
+
+    Absolute paths, ``..`` parts and paths that resolve (through links) outside ``root`` are refused.
+
+    Raises:
+        ShardError: naming the path and where it came from (``what``).
+    """
+    text = str(rel)
+    parts = text.replace("\\", "/").split("/")
+    if not text or os.path.isabs(text) or text.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+        raise ShardError(f"{what}: path {text!r} is not a relative path inside {str(root)!r}; refusing to read or "
+                         "write it (the file was edited or made elsewhere: rebuild it)")
+    base = Path(root).resolve()
+    path = (base / text).resolve()
+    if path != base and base not in path.parents:
+        raise ShardError(f"{what}: path {text!r} leads outside {str(root)!r} (to {str(path)!r}); refusing to read or "
+                         "write it")
+    return Path(root) / text

@@ -171,13 +171,20 @@ def _settings_rows(plan: dict) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src`` at ``dst`` (a hard link where possible), atomically; never removes a file first.
+
+    When ``dst`` already is ``src`` (an export folder that holds the shard folder itself) nothing is done:
+    replacing it would remove the source.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        os.link(src, dst)
+        os.link(src, tmp)
     except OSError:
-        shutil.copy2(src, dst)
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo: str | None = None,
@@ -200,7 +207,7 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         ShardError: no manifest, or shards that disagree with it (named); a shift with no samples.
         SpecError: an unknown format.
     """
-    from .files import atomic_write, ensure_writable_dir
+    from .files import atomic_write, contained_path, ensure_writable_dir
     from .shards import ShardSet, verify_shards
 
     fmt = renamed(deprecated_names, "fmt", "dataset_format", dataset_format, default="webdataset",
@@ -231,11 +238,12 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         metas = [shards.load_metadata(e) for e in entries]
         ext = entries[0].image_ext
         for record in shards.shards(shift):
-            rel = Path(record["path"])
+            rel = Path(record["path"])  # checked to stay inside the shard folder when the manifest was read
+            dst = contained_path(out, f"data/{rel.as_posix()}", "export")
             if fmt == "webdataset":
-                _link_or_copy(shards.root.local / rel, out / "data" / rel)
+                _link_or_copy(shards.root.local / rel, dst)
             else:
-                _write_parquet(shards, record, out / "data" / rel.with_suffix(".parquet"), class_names)
+                _write_parquet(shards, record, dst.with_suffix(".parquet"), class_names)
         written = sum(p.stat().st_size for p in (out / "data" / shift).glob("*") if p.is_file())
         infos[shift] = {"n": len(entries), "bytes": written, "features": _features(class_names, ext, fmt, metas)}
     atomic_write(out / "manifest.json", json.dumps(shards.manifest, indent=1, sort_keys=True).encode() + b"\n")

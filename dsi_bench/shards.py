@@ -140,6 +140,11 @@ def _read_manifest(root: _Root) -> dict:
     if int(manifest.get("version", 0)) > MANIFEST_VERSION:
         raise ShardError(f"{root.join(MANIFEST)!r} has manifest version {manifest['version']}; this dsi-bench "
                          f"reads up to {MANIFEST_VERSION}: upgrade dsi-bench")
+    from .files import contained_path
+
+    for record in manifest.get("shards", []):  # every shard path stays inside the folder, or nothing is read
+        contained_path(root.local if root.local is not None else Path("/url-root"), str(record.get("path", "")),
+                       f"shard record in {root.join(MANIFEST)!r}")
     return manifest
 
 

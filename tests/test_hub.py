@@ -172,3 +172,35 @@ def test_bad_input(shards, tmp_path):
     run_job(Empty(), tmp_path / "empty", progress=False)
     with pytest.raises(ShardError, match="shift\\(s\\) base have no samples"):
         export_dataset(tmp_path / "empty", tmp_path / "out4")
+
+
+def test_publish_never_deletes_a_source_or_leaves_its_folders(shards, tmp_path, capsys):
+    """Issue 12, item 1: `publish --dry-run` deleted the shards it was staging when the export folder held them,
+    and followed absolute or `..` paths from the manifest out of both folders."""
+    import hashlib
+
+    from dsi_bench.cli import main
+
+    pub = tmp_path / "pub"
+    shutil.copytree(shards, pub / "data")
+    tars = sorted((pub / "data").rglob("*.tar"))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tars}
+    assert main(["publish", str(pub / "data"), "--repo", "me/x", "--dry-run", str(pub), "-q"]) == 0
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tars} == before  # every source shard intact
+
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes(b"a user's file")
+    for bad in (str(outside), "../../outside.tar", "base/../../outside.tar"):
+        edited = tmp_path / f"edited-{abs(hash(bad))}"
+        shutil.copytree(shards, edited)
+        manifest = json.loads((edited / "manifest.json").read_text())
+        manifest["shards"][0]["path"] = bad
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        staged = tmp_path / f"staged-{abs(hash(bad))}"
+        assert main(["publish", str(edited), "--repo", "me/x", "--dry-run", str(staged), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert repr(bad) in err and "refusing" in err, err
+        assert outside.read_bytes() == b"a user's file"
+        assert not staged.exists()
+        with pytest.raises(ShardError, match="refusing to read"):
+            ShardSet(edited)
