@@ -208,12 +208,29 @@ def _check_plan(job: ShardJob, out: Path, overwrite: bool) -> None:
 
 
 def _clear(out: Path) -> None:
+    """Remove what earlier builds of this folder wrote (the shards its manifest and records list, their
+    temporaries, the manifest and the builder's own folder), and nothing else: a user's files stay."""
     import shutil
 
+    from .files import contained_path
+
+    listed: list[dict] = []
+    try:
+        listed += json.loads((out / MANIFEST).read_text()).get("shards", [])
+    except (OSError, ValueError):
+        pass
+    for part in _parts_dir(out).glob("*.json"):
+        try:
+            listed.append(json.loads(part.read_text()))
+        except (OSError, ValueError):
+            continue
+    for record in listed:
+        shard = contained_path(out, str(record.get("path", "")), f"shard record in {str(out)!r}")
+        shard.unlink(missing_ok=True)
+        for tmp in shard.parent.glob(f".{shard.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     shutil.rmtree(out / _BUILD_DIR, ignore_errors=True)
-    for tar in out.glob("*/*.tar"):
-        tar.unlink()
 
 
 def _sweep_temporaries(out: Path, tasks: Iterable[ShardTask]) -> None:

@@ -95,9 +95,16 @@ def test_another_plan_is_refused_then_overwritten(reference, tiny_tokens, tmp_pa
     args = {**ARGS, "per_class": 2}
     with pytest.raises(ShardError, match="another plan .*per_class"):
         build_shards(copy, pipeline=spec, tokens=tiny_tokens, **args)
+    # issue 12, item 3: --overwrite removed every .tar one level down, the user's too
+    (copy / "base" / "mine.tar").write_bytes(b"a user's tar")
+    (copy / "notes").mkdir()
+    (copy / "notes" / "old.tar").write_bytes(b"another")
     summary = build_shards(copy, pipeline=spec, tokens=tiny_tokens, overwrite=True, **args)
     assert summary.complete and summary.manifest["samples"] == 12
-    assert sorted(p.name for p in (copy / "base").glob("*.tar")) == ["base-000000.tar", "base-000001.tar"]
+    assert sorted(p.name for p in (copy / "base").glob("*.tar")) == ["base-000000.tar", "base-000001.tar", "mine.tar"]
+    assert (copy / "base" / "mine.tar").read_bytes() == b"a user's tar"
+    assert (copy / "notes" / "old.tar").read_bytes() == b"another"
+    assert not (copy / "in_the_snow" / "in_the_snow-000002.tar").exists()  # the old plan's extra shard is gone
 
 
 def test_verify_names_a_flipped_byte_and_a_truncated_shard(reference, tmp_path):
