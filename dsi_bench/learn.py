@@ -337,7 +337,7 @@ class TokenTrainer:
     """
 
     def __init__(self, data, config: TrainConfig, pipeline, *, classes=None, out=None,
-                 max_steps_this_run: int | None = None, progress: bool = True):
+                 max_steps_this_run: int | None = None, progress: bool = True, overwrite: bool = False):
         from .dist import World
         from .pipeline import check_model
 
@@ -358,6 +358,9 @@ class TokenTrainer:
         self.final_path = Path(out) if out else None
         self.bank_path = _rank_path(self.final_path, self.world.rank, self.world.world_size) if out else None
         self.state_path = self.bank_path.with_suffix(".state.safetensors") if self.bank_path else None
+        self.overwrite = overwrite
+        if not overwrite:
+            _check_continuable(self.final_path, self.class_ids)  # before any model loads
         self.budget = max_steps_this_run if max_steps_this_run is not None else math.inf
         self.progress = progress
         self.steps_run = 0
@@ -454,7 +457,7 @@ class TokenTrainer:
         """Rows, finished steps, optimiser moments and generator states from an earlier run's files."""
         from .tokens import TokenBank
 
-        if self.bank_path is None or not self.bank_path.is_file():
+        if self.bank_path is None or not self.bank_path.is_file() or self.overwrite:
             return
         old = TokenBank.load(self.bank_path)
         dim = self.table.weight.shape[1]
@@ -729,6 +732,7 @@ def learn_tokens(
     eval_draws: int = 0,
     allow_high_resolution: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
     **deprecated_names,
 ) -> TokenBank:
     """Learn one token per class; returns a :class:`~dsi_bench.tokens.TokenBank`.
@@ -747,7 +751,9 @@ def learn_tokens(
         classes_per_batch: how many classes train together (one sample each per step).
         seed: base seed of the per-class generators.
         out: bank path (``.safetensors``); with it, progress is saved every ``save_every`` steps
-            and at the end of each group, and a rerun resumes.
+            and at the end of each group, and a rerun resumes. A file there that this run cannot
+            continue (a bank learn-tokens did not train, one with classes this run does not learn) is
+            refused unless ``overwrite=True``, which starts afresh and replaces it.
         device, dtype: override the pipeline's. In float16/bfloat16 the frozen UNet and VAE run in that
             dtype under autocast, the text encoder and the new rows stay fp32, and fp16 uses a gradient scaler.
         max_steps_this_run: stop after this many steps (time-boxed jobs; rerun to continue).
@@ -776,7 +782,39 @@ def learn_tokens(
     spec = (pipeline or PipelineSpec()).replace(model=None if generator is None else os.fspath(generator),
                                                 device=device, dtype=dtype)
     return TokenTrainer(data, config, spec, classes=classes, out=out, max_steps_this_run=max_steps_this_run,
-                        progress=progress).run()
+                        progress=progress, overwrite=overwrite).run()
+
+
+def _check_continuable(path: Path | None, class_ids: list[int]) -> None:
+    """Refuse an output path holding a bank this run would replace rather than continue.
+
+    A run continues a bank that learn-tokens trained on classes it learns again; anything else there
+    (a converted or imported bank, a bank with classes this run drops, a file that is not a bank) is
+    the user's, and is replaced only with ``overwrite=True``.
+
+    Raises:
+        SpecError: the path is a folder; TokenBankError: a bank or file this run would replace.
+    """
+    from .errors import DsiBenchError
+    from .tokens import TokenBank
+
+    if path is None or not path.exists():
+        return
+    fix = "use another output path, or overwrite=True (--overwrite) to replace it"
+    if path.is_dir():
+        raise SpecError(f"out={str(path)!r} (--out) is a folder; pass the path of the bank file to write "
+                        "(e.g. tokens.safetensors)")
+    try:
+        old = TokenBank.load(path)
+    except DsiBenchError as e:
+        raise TokenBankError(f"{str(path)!r} exists and is not a token bank this run can continue ({e}); {fix}") from e
+    if not old.extra.get("training"):
+        raise TokenBankError(f"{str(path)!r} holds a bank of {len(old)} classes that learn-tokens did not train "
+                             f"(it has no training record); {fix}")
+    dropped = sorted(set(old.class_indices) - set(class_ids))
+    if dropped:
+        raise TokenBankError(f"{str(path)!r} holds tokens of {len(dropped)} classes this run does not learn "
+                             f"(e.g. {dropped[:3]}); writing it would drop them: {fix}")
 
 
 def _optimizer_step(param, losses, rows: list[int], opts: list, scalers: list) -> None:

@@ -115,8 +115,20 @@ def test_cli_and_a_bank_of_another_width(folder, tiny_model, tmp_path, capsys):
     assert "2 of 2 classes finished (3 steps each, 32 px)" in capsys.readouterr().out
     assert TokenBank.load(out).tokens == ("<goldfish-0>", "<great white shark-1>")
     wide = save_tiny_tokens(tmp_path / "wide.safetensors", num_classes=3, dim=64)
-    with pytest.raises(TokenBankError, match="holds 64-d tokens but .* needs 32-d"):
+    before = wide.read_bytes()
+    # issue 12, item 2: a bank learn-tokens did not train (here of another width) is not replaced without --overwrite
+    with pytest.raises(TokenBankError, match="learn-tokens did not train .*--overwrite"):
         learn_tokens(folder, generator=str(tiny_model), max_steps=2, resolution=32, out=wide, progress=False)
+    assert wide.read_bytes() == before
+    # nor is a trained bank whose classes this run would drop
+    assert main(["learn-tokens", "--data", str(folder), "--generator", str(tiny_model), "--out", str(out),
+                 "--max-steps", "3", "--resolution", "32", "--classes", "0", "-q"]) == 2
+    assert "classes this run does not learn (e.g. [1])" in capsys.readouterr().err
+    assert TokenBank.load(out).tokens == ("<goldfish-0>", "<great white shark-1>")
+    assert main(["learn-tokens", "--data", str(folder), "--generator", str(tiny_model), "--out", str(wide),
+                 "--max-steps", "2", "--resolution", "32", "--classes", "0", "--overwrite", "-q"]) == 0
+    capsys.readouterr()
+    assert TokenBank.load(wide).tokens == ("<goldfish-0>",)
     assert main(["learn-tokens", "--data", str(tmp_path / "nowhere"), "--generator", str(tiny_model), "--out",
                  str(out), "-q"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -73,6 +73,8 @@ class LearnTokens(Command):
                             "grows with the square of the size)")
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
         p.add_argument("--seed", type=int, default=0, help="seed of each class's draws (default: 0)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace a file at --out that this run cannot continue (default: refuse)")
         p.add_argument("--max-steps-this-run", type=int, default=None,
                        help="stop after this many steps (rerun to continue)")
         add_device(p, "training")
@@ -98,6 +100,7 @@ class LearnTokens(Command):
             out=args.out,
             max_steps_this_run=args.max_steps_this_run,
             progress=not args.quiet,
+            overwrite=args.overwrite,
         )
         done = bank.extra["training"]["steps_done"]
         total = bank.extra["training"]["steps"]
