@@ -16,6 +16,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_FORMAT",
     "MANIFEST_VERSION",
+    "key_class",
     "key_index",
     "sample_key",
     "shard_path",
@@ -34,6 +35,11 @@ MANIFEST_VERSION = 1
 def sample_key(shift_id: str, class_index: int, index: int) -> str:
     """The stable key of a sample: ``{shift_id}/{class_index:04d}/{index:02d}``."""
     return f"{shift_id}/{class_index:04d}/{index:02d}"
+
+
+def key_class(key: str) -> int:
+    """The class index of a sample key: ``"base/0207/03"`` -> ``207``."""
+    return int(key.split("/")[1])
 
 
 def key_index(key: str) -> int:

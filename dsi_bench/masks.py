@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MaskError, OfflineError
+from .layout import sample_key
 
 __all__ = [
     "PUBLISHED_KEPT",
@@ -280,7 +281,7 @@ class Masks:
         keep = dict(self._keyed)
         for shift, arr in self._arrays.items():
             for j, flag in enumerate(arr.tolist()):
-                keep.setdefault(f"{shift}/{j // self.per_class:04d}/{j % self.per_class:02d}", bool(flag))
+                keep.setdefault(sample_key(shift, j // self.per_class, j % self.per_class), bool(flag))
         keys = sorted(keep)
         buf = io.BytesIO()
         extra = {} if settings is None else {"settings": np.array(json.dumps(settings))}

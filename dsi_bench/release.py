@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from .classes import ClassList
 from .errors import ReleaseError
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
+from .layout import sample_key
 from .masks import RELEASE_PER_CLASS, Masks
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class ReleaseSet:
                 problems.append(f"unexpected file {member!r} ({kind})")
                 continue
             c, i = wnid_to_index[wnid], int(m.group(1))
-            key = f"{shift_id}/{c:04d}/{i:02d}"
+            key = sample_key(shift_id, c, i)
             by_key[key] = ReleaseEntry(key, c, f"{shift_id}/{wnid}/{fname}", member, size)
         if problems:
             raise ReleaseError(f"{self.where}: {len(problems)} unexpected entr{'y' if len(problems) == 1 else 'ies'}: "
@@ -132,7 +133,7 @@ class ReleaseSet:
         wanted = set(expected)
         for c in sorted(wanted):
             for i in range(RELEASE_PER_CLASS):
-                e = by_key.get(f"{shift_id}/{c:04d}/{i:02d}")
+                e = by_key.get(sample_key(shift_id, c, i))
                 if e is None:
                     self.missing.setdefault(c, []).append(f"{i:02d}.jpg")
                 else:

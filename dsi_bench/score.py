@@ -166,7 +166,7 @@ def _score_by_keys(path, f: _File, shift_ids: list[str], args: dict, class_list:
         MaskError: masks that say nothing about a scored key, or cannot be loaded.
     """
     from .errors import MaskError, SpecError
-    from .layout import key_index
+    from .layout import key_class, key_index, sample_key
     from .masks import RELEASE_PER_CLASS, resolve_masks
 
     others = [k for k, v in args.items() if k not in ("masks", "classes", "per_class", "class_list", "source", "root")
@@ -185,13 +185,13 @@ def _score_by_keys(path, f: _File, shift_ids: list[str], args: dict, class_list:
         if masks is not None:
             masks.check_shift(s)
         mine = sorted(k for k in rows if k.split("/", 1)[0] == s)
-        wanted = set(requested) if requested is not None else {int(k.split("/")[1]) for k in mine}
-        outside += [k for k in mine if int(k.split("/")[1]) not in wanted or (layout and key_index(k) >= layout)]
+        wanted = set(requested) if requested is not None else {key_class(k) for k in mine}
+        outside += [k for k in mine if key_class(k) not in wanted or (layout and key_index(k) >= layout)]
         if layout:
-            expected = [f"{s}/{c:04d}/{i:02d}" for c in sorted(wanted) for i in range(layout)]
+            expected = [sample_key(s, c, i) for c in sorted(wanted) for i in range(layout)]
         else:  # the files per class are unknown: the file's own keys are the samples
-            expected = [k for k in mine if int(k.split("/")[1]) in wanted]
-            absent = sorted(wanted - {int(k.split("/")[1]) for k in expected})
+            expected = [k for k in mine if key_class(k) in wanted]
+            absent = sorted(wanted - {key_class(k) for k in expected})
             if absent:
                 raise PredictionsError(f"{str(path)!r} has no predictions for {len(absent)} requested classes of "
                                        f"{s}: {_examples(absent)}")
@@ -208,7 +208,7 @@ def _score_by_keys(path, f: _File, shift_ids: list[str], args: dict, class_list:
         if absent:
             missing[s] = absent
         width = _top_width(path, f, keep, s)
-        labels = [rows[k][1] if k in rows and rows[k][1] is not None else int(k.split("/")[1]) for k in keep]
+        labels = [rows[k][1] if k in rows and rows[k][1] is not None else key_class(k) for k in keep]
         tops = [rows[k][0] if k in rows else [-1] for k in keep]
         preds[s] = ShiftPredictions(keep, np.array(labels, np.int64), _topk_array(tops, width))
         fingerprints[s] = _keys_digest(keep)

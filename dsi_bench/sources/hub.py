@@ -56,10 +56,11 @@ class HubEntry:
 
 def published_manifest(root) -> dict | None:
     """The ``manifest.json`` a published set carries (a local export or a Hub dataset); ``None`` if none."""
-    if not Path(str(root)).is_dir():
+    local = Path(str(root)).is_dir()
+    if not local:
         _check_reachable(str(root))  # out of reach: one line now, not retries for half a minute
     try:
-        if Path(str(root)).is_dir():
+        if local:
             path = Path(str(root)) / "manifest.json"
         else:
             from huggingface_hub import hf_hub_download
