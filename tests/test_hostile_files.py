@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from dsi_bench.build import ShardJob, ShardTask, run_job
+from dsi_bench.cli import main
 from dsi_bench.convert import convert_release
 from dsi_bench.errors import MaskError, ReleaseError, ShardError, TokenBankError
 from dsi_bench.hub import export_dataset
@@ -102,7 +103,7 @@ def good_jpeg(size: int = 8) -> bytes:
 
 
 # ---------------------------------------------------------------------- item 9: links out of a release
-def test_release_links_leading_outside_are_refused_by_name(tmp_path, classes):
+def test_release_links_leading_outside_are_refused_by_name(tmp_path, classes, capsys):
     folder = unpacked_release(tmp_path / "release")
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(good_jpeg())  # decodes fine: only the link check can stop it
@@ -113,6 +114,10 @@ def test_release_links_leading_outside_are_refused_by_name(tmp_path, classes):
     with pytest.raises(ReleaseError, match=r"03\.jpg' leads outside"):
         convert_release(tmp_path / "release", tmp_path / "out", class_list=classes, classes="0", progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "release"), "--out", str(tmp_path / "cli"), "--classes", "0", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'n01440764/03.jpg' leads outside" in err
     # a class folder linked elsewhere is refused the same way
     (folder / "03.jpg").unlink()
     (folder / "03.jpg").write_bytes(good_jpeg())
