@@ -21,7 +21,11 @@ __all__ = ["ReleaseJob", "convert_release"]
 
 
 class ReleaseJob(ShardJob):
-    """Converts release shifts to shards: original JPEG bytes, masks recorded as ``keep`` in ``.json``."""
+    """Converts release shifts to shards: original JPEG bytes, masks recorded as ``keep`` in ``.json``.
+
+    Every image is checked as ``verify`` checks it (it decodes, as the JPEG its name says, within the
+    pixel limit) before it is written: a file that would fail ``verify`` stops the conversion, named.
+    """
 
     verb = "convert"
 
@@ -63,7 +67,7 @@ class ReleaseJob(ShardJob):
         for e in task.items:
             yield {
                 "__key__": e.key,
-                "jpg": s.read(e),
+                "jpg": s.checked_bytes(e),
                 "cls": str(e.label).encode(),
                 "json": canonical_json(s.metadata(e, self.masks)),
             }

@@ -204,7 +204,8 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
         ``{"out", "format", "shifts": {shift: n}, "plan_hash"}``.
 
     Raises:
-        ShardError: no manifest, or shards that disagree with it (named); a shift with no samples.
+        ShardError: no manifest, or shards that ``verify`` refuses (named: missing, damaged, images that
+            do not decode or are not the format their name says); a shift with no samples.
         SpecError: an unknown format.
     """
     from .files import atomic_write, contained_path, ensure_writable_dir
@@ -218,10 +219,10 @@ def export_dataset(shards_dir, out, *, dataset_format: str = "webdataset", repo:
     shards = ShardSet(shards_dir)
     if shards.root.local is None:
         raise SpecError(f"export reads a local shard folder; {shards.root.url!r} is a URL")
-    report = verify_shards(shards_dir, decode=False)
+    report = verify_shards(shards_dir)  # what `verify` refuses is never published (images decoded too)
     if not report.ok:
         name, why = sorted(report.problems.items())[0]
-        raise ShardError(f"refusing to publish: shard {name} disagrees with the manifest ({why})"
+        raise ShardError(f"refusing to publish: shard {name} fails `dsi-bench verify` ({why})"
                          + (f" and {len(report.problems) - 1} more" if len(report.problems) > 1 else "")
                          + "; run `dsi-bench verify` and rebuild")
     empty = [s for s, v in shards.manifest.get("shifts", {}).items() if not v.get("samples")]

@@ -101,10 +101,13 @@ class TrainingData:
 def _open_rgb(item):
     from PIL import Image
 
+    from .images import to_rgb
+
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)
     with Image.open(item) as im:
-        return im.convert("RGB")
+        im.load()
+        return to_rgb(im)
 
 
 def _imagenet_folder_indices(names: list[str]) -> list[int] | None:

@@ -14,6 +14,11 @@ Two forms are read:
 
 The ``.npy`` pickle is read by a restricted unpickler that only rebuilds numpy arrays and
 dtypes; any other object in the file raises :class:`MaskError` without being executed.
+
+Sizes are checked before anything is allocated: every array's ``.npy`` header (the file's own,
+or each ``.npz`` member's) is read first; a release array may have at most
+:data:`MAX_RELEASE_ENTRIES` (1000 classes x 50 files) entries, and no array may declare more
+bytes than its file holds.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "resolve_masks",
     "RELEASE_MASKS_URL",
     "RELEASE_PER_CLASS",
+    "MAX_RELEASE_ENTRIES",
     "Masks",
     "fetch_release_masks",
     "load_release_masks",
@@ -44,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Images per class in the ImageNet* release (files ``00.jpg`` ... ``49.jpg``).
 RELEASE_PER_CLASS = 50
+#: Entries of one shift's release mask at most: 1000 classes x 50 files.
+MAX_RELEASE_ENTRIES = 1000 * RELEASE_PER_CLASS
 
 #: Where online users get the release's ``masks.npy`` (the public code release). Override with
 #: ``$DSI_BENCH_MASKS_URL``. Offline, pass a local ``masks.npy`` / ``.npz`` path instead.
@@ -113,18 +121,54 @@ class _ArrayUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
+def _read_header(f, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an open ``.npy`` stream's header (nothing else is read).
+
+    Raises:
+        MaskError: not a ``.npy`` header.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(f)
+    except ValueError as e:
+        raise MaskError(f"{where} is not a .npy array ({e})") from e
+    return shape, dtype
+
+
+def _check_release_array(shape: tuple[int, ...], dtype: np.dtype, where: str, size: int) -> None:
+    """Refuse, from its header, a release mask array that is not 1-d, too long, or larger than its file."""
+    if len(shape) != 1:
+        raise MaskError(f"{where} has shape {shape}, expected one entry per image")
+    if shape[0] > MAX_RELEASE_ENTRIES:
+        raise MaskError(f"{where} declares {shape[0]} entries of {dtype}; a release mask holds at most "
+                        f"{MAX_RELEASE_ENTRIES} flags (1000 classes x {RELEASE_PER_CLASS} files): it is not the "
+                        "release's mask file")
+    _check_declared_bytes(shape, dtype, where, size)
+
+
+def _check_declared_bytes(shape: tuple[int, ...], dtype: np.dtype, where: str, size: int) -> None:
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if declared > size:
+        raise MaskError(f"{where} declares {declared} bytes of data but holds {size}: it is damaged")
+
+
+def _npz_headers(z, path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """``{name: (shape, dtype, bytes stored)}`` of an open ``.npz``'s arrays, from their headers only."""
+    out = {}
+    for info in z.zip.infolist():
+        name = info.filename.removesuffix(".npy")
+        with z.zip.open(info) as f:
+            out[name] = (*_read_header(f, f"{name!r} in {str(path)!r}"), info.file_size)
+    return out
+
+
 def _load_npy(path: Path):
     with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except ValueError as e:
-            raise MaskError(f"{str(path)!r} is not a .npy file ({e})") from e
-        if not dtype.hasobject:
-            return np.load(path, allow_pickle=False)
+        shape, dtype = _read_header(f, repr(str(path)))
+        if not dtype.hasobject or shape != ():  # the release's file is one pickled dict
+            raise MaskError(f"{str(path)!r} holds a {shape} array of {dtype}, expected a dict of per-shift arrays "
+                            "(the release's masks.npy, or an .npz)")
         try:
             value = _ArrayUnpickler(io.BytesIO(f.read())).load()
         except MaskError:
@@ -148,7 +192,11 @@ def load_release_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
+                for k, (shape, dtype, size) in _npz_headers(z, path).items():
+                    _check_release_array(shape, dtype, f"mask for {k!r} in {str(path)!r}", size)
                 value = {k: z[k] for k in z.files}
+        except MaskError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from e
     else:
@@ -158,8 +206,7 @@ def load_release_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out = {}
     for shift, arr in value.items():
         arr = np.asarray(arr)
-        if arr.ndim != 1:
-            raise MaskError(f"mask for {shift!r} in {str(path)!r} has shape {arr.shape}, expected one entry per image")
+        _check_release_array(arr.shape, arr.dtype, f"mask for {shift!r} in {str(path)!r}", arr.nbytes)
         out[str(shift)] = arr.astype(bool)
     return out
 
@@ -266,7 +313,11 @@ class Masks:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     if "keys" in z.files and "keep" in z.files:
+                        for name, (shape, dtype, size) in _npz_headers(z, path).items():
+                            _check_declared_bytes(shape, dtype, f"{name!r} in {str(path)!r}", size)
                         return cls.from_keyed(z["keys"], z["keep"], str(path))
+            except MaskError:
+                raise
             except (OSError, ValueError) as e:
                 raise MaskError(f"{str(path)!r} could not be read as .npz ({e})") from e
         return cls.from_release(load_release_masks(path), str(path))

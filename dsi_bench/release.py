@@ -12,6 +12,11 @@ Every file becomes a sample with our key ``{shift}/{class:04d}/{index:02d}`` (``
 class 3 -> ``in_the_snow/0003/07``) and keeps its release key ``in_the_snow/n01443537/07.jpg``
 in the metadata. The expected files are known (50 per class), so files missing from a copy
 are reported by name, and the masks stay bound to the right files.
+
+Hostile copies are refused by name, never half-read: a file (or link) that resolves outside its
+shift folder, two zip members or files for the same key (the last would win silently), a file
+larger than :data:`MAX_FILE_BYTES` (checked from the zip directory or the file system before
+reading), and bytes that are not the JPEG their name says or that do not decode.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .classes import ClassList
-from .errors import ReleaseError
+from .errors import ReleaseError, ShardError
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
 from .layout import sample_key
 from .masks import RELEASE_PER_CLASS, Masks
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 _WNID = re.compile(r"n\d{8}")
 _FILE = re.compile(r"(\d{2})\.jpe?g", re.IGNORECASE)
+#: The largest release file read (its size is checked before reading): the release's 512 px JPEGs are ~50 KB.
+MAX_FILE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,9 @@ class ReleaseSet:
                 continue
             c, i = wnid_to_index[wnid], int(m.group(1))
             key = sample_key(shift_id, c, i)
+            if key in by_key:
+                problems.append(f"{by_key[key].member!r} and {member!r} are both file {i:02d} of class {wnid}")
+                continue
             by_key[key] = ReleaseEntry(key, c, f"{shift_id}/{wnid}/{fname}", member, size)
         if problems:
             raise ReleaseError(f"{self.where}: {len(problems)} unexpected entr{'y' if len(problems) == 1 else 'ies'}: "
@@ -189,15 +199,36 @@ class ReleaseSet:
                     if info.is_dir() or _skip(info.filename):
                         continue
                     out.append((info.filename, info.file_size))
+            names = [m for m, _ in out]
+            if len(set(names)) != len(names):
+                twice = sorted({m for m in names if names.count(m) > 1})
+                raise ReleaseError(f"{self.where}: the zip holds {len(twice)} member name(s) twice "
+                                   f"({', '.join(map(repr, twice[:3]))}); which copy is meant is ambiguous: "
+                                   "download the shift's zip again")
         else:
             for p in sorted(self._folder.rglob("*")):
                 rel = p.relative_to(self._folder).as_posix()
+                if p.is_symlink():
+                    self._inside(rel)
                 if p.is_file() and not _skip(rel):
                     out.append((rel, p.stat().st_size))
         bad = [m for m, _ in out if m.count("/") < 1]
         if bad:
             raise ReleaseError(f"{self.where}: file {bad[0]!r} is not inside a WordNet-id class folder")
+        big = [(m, n) for m, n in out if n > MAX_FILE_BYTES]
+        if big:
+            raise ReleaseError(f"{self.where}: file {big[0][0]!r} is {big[0][1]} bytes, more than the "
+                               f"{MAX_FILE_BYTES} bytes a release image may have; replace it with the release's file")
         return out
+
+    def _inside(self, member: str):
+        """The path of a file of the unpacked shift folder, refused when it (or a link on the way) leads outside."""
+        from .files import contained_path
+
+        try:
+            return contained_path(self._folder, member, f"{self.where}: release file")
+        except ShardError as e:
+            raise ReleaseError(f"{e}; replace the link with the release's file") from e
 
     def _wnid_index(self, class_list: ClassList, listing) -> dict[str, int]:
         index = {c.wnid: c.index for c in class_list if c.wnid}
@@ -215,7 +246,7 @@ class ReleaseSet:
     # -------------------------------------------------------------- reading
     def read(self, entry: ReleaseEntry) -> bytes:
         if self._zip_path is None:
-            return (self._folder / entry.member).read_bytes()
+            return self._inside(entry.member).read_bytes()
         z = getattr(self._local, "zip", None)
         if z is None or getattr(self._local, "pid", None) != os.getpid():
             z = self._local.zip = zipfile.ZipFile(self._zip_path)
@@ -223,12 +254,28 @@ class ReleaseSet:
         return z.read(entry.member)
 
     def load_image(self, entry: ReleaseEntry, draft: int | None = None) -> Image.Image:
+        """The entry's image (RGB), checked: it must decode as the JPEG its name says, within the size limits.
+
+        Raises:
+            ReleaseError: naming the file, when it cannot be read, is not a JPEG, or does not decode.
+        """
+        return self._decode(entry, self._read_checked(entry), draft)
+
+    def checked_bytes(self, entry: ReleaseEntry) -> bytes:
+        """The entry's bytes, after checking they decode as :meth:`load_image` (and ``verify``) require."""
+        data = self._read_checked(entry)
+        self._decode(entry, data)
+        return data
+
+    def _read_checked(self, entry: ReleaseEntry) -> bytes:
         try:
-            data = self.read(entry)
+            return self.read(entry)
         except (OSError, KeyError, zipfile.BadZipFile) as e:
             raise ReleaseError(f"{self.where}: {entry.member!r} cannot be read ({e}); check the copy") from e
+
+    def _decode(self, entry: ReleaseEntry, data: bytes, draft: int | None = None) -> Image.Image:
         try:
-            return decode_image(data, draft)
+            return decode_image(data, draft, ext=Path(entry.member).suffix.lstrip("."))
         except Exception as e:  # noqa: BLE001 - PIL decoder errors
             raise ReleaseError(f"{self.where}: {entry.member!r} does not decode ({decode_error(e)}); "
                                "replace it with the release's file") from e

@@ -446,7 +446,7 @@ def _verify_one(shards: ShardSet, record: dict, decode: bool) -> tuple[str | Non
                 return f"sample {sample['__key__']!r} lacks an image or a label", n
             if decode:
                 try:
-                    decode_image(member[1])
+                    decode_image(member[1], ext=member[0])
                 except Exception as e:  # noqa: BLE001
                     return f"image of {sample['__key__']!r} does not decode ({decode_error(e)})", n
     except ShardError as e:

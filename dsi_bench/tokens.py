@@ -318,13 +318,14 @@ class TokenBank:
         reject_unknown(deprecated_names, "TokenBank.from_release")
         path = Path(path)
         rows: dict[int, torch.Tensor] = {}
+        recorded = classes if isinstance(classes, ClassList) else imagenet_classes() if classes is None else None
+        classes = list(classes) if classes is not None else list(imagenet_classes())
+        by_index = {c.index: c for c in classes}
         if path.is_file() and zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    m = re.fullmatch(r"(?:.*/)?(\d+)\.bin", info.filename)
-                    if m and not info.is_dir() and "__MACOSX" not in info.filename:
-                        where = f"{path}:{info.filename}"
-                        rows[int(m.group(1))] = _as_row(_safe_torch_load(zf.read(info), where), where)
+                for index, info in _release_zip_members(zf, path, by_index):
+                    where = f"{path}:{info.filename}"
+                    rows[index] = _as_row(_safe_torch_load(_token_file_bytes(zf, info, where), where), where)
         elif path.is_dir():
             folder = path / "tokens" if (path / "tokens").is_dir() else path
             for f in folder.glob("*.bin"):
@@ -336,9 +337,6 @@ class TokenBank:
             )
         if not rows:
             raise TokenBankError(f"{str(path)!r} holds no tokens/{{i}}.bin files; is it the ImageNet* tokens.zip?")
-        recorded = classes if isinstance(classes, ClassList) else imagenet_classes() if classes is None else None
-        classes = list(classes) if classes is not None else list(imagenet_classes())
-        by_index = {c.index: c for c in classes}
         unknown = sorted(set(rows) - set(by_index))
         if unknown:
             raise TokenBankError(f"{str(path)!r} has tokens for class indices {unknown[:5]} beyond the class list")
@@ -470,6 +468,54 @@ class TokenBank:
 
 
 # ---------------------------------------------------------------------- helpers
+#: The largest ``{i}.bin`` read from a release ``tokens.zip``, as declared in the zip (and by the tensor
+#: file inside), checked before reading: one row of up to 4096 float64 values is ~34 KB as ``torch.save`` writes it.
+MAX_TOKEN_FILE_BYTES = 64 << 10
+
+
+def _release_zip_members(zf: zipfile.ZipFile, path: Path, by_index: dict) -> list[tuple[int, zipfile.ZipInfo]]:
+    """``(class index, member)`` of a release ``tokens.zip``'s ``{i}.bin`` files, checked from the zip's directory
+    before anything is read: each at most :data:`MAX_TOKEN_FILE_BYTES`, one per class of the class list.
+
+    Raises:
+        TokenBankError: naming the member that is too large, repeated, or of a class beyond the class list.
+    """
+    out, seen = [], {}
+    for info in zf.infolist():
+        m = re.fullmatch(r"(?:.*/)?(\d+)\.bin", info.filename)
+        if not m or info.is_dir() or "__MACOSX" in info.filename:
+            continue
+        index, where = int(m.group(1)), f"{path}:{info.filename}"
+        if info.file_size > MAX_TOKEN_FILE_BYTES:
+            raise TokenBankError(f"{where} is {info.file_size} bytes, more than the {MAX_TOKEN_FILE_BYTES} bytes of "
+                                 "one embedding row; this is not the ImageNet* tokens.zip")
+        if index in seen:
+            raise TokenBankError(f"{str(path)!r} holds class {index} twice ({seen[index]!r} and {info.filename!r}); "
+                                 "which one is meant is ambiguous: download tokens.zip again")
+        if index not in by_index:
+            raise TokenBankError(f"{str(path)!r} has tokens for class indices {[index]} beyond the class list")
+        seen[index] = info.filename
+        out.append((index, info))
+    return out
+
+
+def _token_file_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+    """A member's bytes; a ``torch.save`` file (itself a zip) may not declare more than one row's bytes inside."""
+    try:
+        data = zf.read(info)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise TokenBankError(f"{where} cannot be read ({e}); download tokens.zip again") from e
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            declared = sum(i.file_size for i in inner.infolist())
+    except zipfile.BadZipFile:
+        declared = 0  # not a zip: torch's legacy format holds its tensor bytes in the file itself
+    if declared > MAX_TOKEN_FILE_BYTES:
+        raise TokenBankError(f"{where} declares {declared} bytes of tensor data, more than the "
+                             f"{MAX_TOKEN_FILE_BYTES} bytes of one embedding row; this is not the ImageNet* tokens.zip")
+    return data
+
+
 def dim_mismatch_message(bank: TokenBank, expected: int, model_name: str) -> str:
     return (
         f"tokens are {bank.dim}-d but the text encoder of {model_name} expects {expected}; use a token "

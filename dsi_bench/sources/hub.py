@@ -129,8 +129,9 @@ class HubSet:
         return [HubEntry(k, int(y), f, i) for i, (k, y, f) in enumerate(zip(keys, labels, flags))]
 
     def load_image(self, row: int) -> Image.Image:
-        image = self.ds[row][self.image_col]
-        return image if image.mode == "RGB" else image.convert("RGB")
+        from ..images import to_rgb
+
+        return to_rgb(self.ds[row][self.image_col])
 
     def metadata(self, row: int) -> dict:
         meta = self.ds[row][self.meta_col]
