@@ -634,7 +634,7 @@ def build_shards(
     from .shifts import get_shift
     from .synthesis import Synthesizer
     from .tokens import tokens_class_list
-    from .validate import check_positive_int
+    from .validate import check_finite_float, check_positive_int
 
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="build_shards: ") or PipelineSpec()
     reject_unknown(deprecated_names, "build_shards")
@@ -642,6 +642,7 @@ def build_shards(
     check_positive_int(per_class, "per_class", example=50)
     check_positive_int(samples_per_shard, "samples_per_shard", example=1000)
     check_positive_int(cpu_threads, "cpu_threads", optional=cpu_threads is None)
+    check_finite_float(gpus_per_task, "gpus_per_task", low=0, example=1, optional=True)
     check_model(spec.model)
     if engine != "ray":  # this machine's devices, before the output folder exists (Ray workers have their own)
         for device in devices or [spec.device]:

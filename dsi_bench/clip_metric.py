@@ -35,7 +35,6 @@ from the bank's, class names are used instead (and the result says so); asking f
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import numpy as np
 from .compat import reject_unknown, renamed
 from .errors import ModelLoadError, OfflineError, SpecError, TokenBankError
 from .memo import Memo
+from .validate import check_finite_float
 
 if TYPE_CHECKING:
     import torch
@@ -358,8 +358,7 @@ class Thresholds:
         if self.shift is None:
             object.__setattr__(self, "shift", SHIFT_THRESHOLDS[self.rule])
         for what, value in [("object", self.object), ("shift", self.shift), *self.per_shift.items()]:
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SpecError(f"threshold {what}={value!r} must be a finite number")
+            check_finite_float(value, f"threshold {what}")
 
     def for_shift(self, shift_id: str) -> float:
         return float(self.per_shift.get(shift_id, self.shift))

@@ -24,11 +24,14 @@ Faster by design:
   from its own generator, and AdamW is elementwise, so ``B`` classes trained together follow the
   same trajectories as each trained alone (tested to 1e-4).
 * **Resumable.** The bank records each class's finished steps; a training state file beside it
-  holds the optimiser moments and generator states, so an interrupted run continues exactly.
+  holds the optimiser moments and generator states, so an interrupted run continues exactly. The
+  bank also records the sha256 of the state file saved with it: unfinished classes continue only
+  from that very file, and restart from step 0 (with a warning) when it is missing or another one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING
 from .classes import ClassInfo, ClassList
 from .errors import SpecError, TokenBankError
 from .files import atomic_write
-from .validate import check_choice, check_non_negative_int, check_positive_int
+from .validate import check_choice, check_finite_float, check_non_negative_int, check_positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -282,10 +285,8 @@ class TrainConfig:
         check_positive_int(self.save_every, "save_every", example=100)
         check_non_negative_int(self.seed, "seed")
         check_non_negative_int(self.eval_draws, "eval_draws")
-        if not self.lr > 0:
-            raise SpecError(f"lr={self.lr!r} must be > 0, e.g. 5e-4")
-        if not self.weight_decay >= 0:
-            raise SpecError(f"weight_decay={self.weight_decay!r} must be >= 0, e.g. 1e-2")
+        check_finite_float(self.lr, "lr", above=0, example=5e-4)
+        check_finite_float(self.weight_decay, "weight_decay", low=0, example=1e-2)
 
     @classmethod
     def from_preset(cls, preset: str = "reference", **overrides) -> TrainConfig:
@@ -455,9 +456,18 @@ class TokenTrainer:
         self.rows = self.init.clone()  # the raw trainable rows w; the text encoder sees _pin_rows(w, |e_init|)
         self.done = {c: 0 for c in self.class_ids}
         self.saved_state: dict = {}
+        self.state_sha256: str | None = None  # of the state file saved with the bank (recorded in it)
+        self.kept: dict = {}  # class -> its row as the resumed bank holds it (finished classes: never re-pinned)
 
     def resume(self) -> None:
-        """Rows, finished steps, optimiser moments and generator states from an earlier run's files."""
+        """Rows, finished steps, optimiser moments and generator states from an earlier run's files.
+
+        Finished classes keep the bank's rows as saved. Unfinished classes continue only from the state
+        file saved with the bank (the sha256 the bank records); when that file is missing or another one
+        (another run's, or one left by a run stopped between writing the bank and the state), they
+        restart from step 0 with a warning: continuing from other moments and generator states would end
+        with tokens that no uninterrupted run gives, and refusing would throw away the finished classes.
+        """
         from .tokens import TokenBank
 
         if self.bank_path is None or not self.bank_path.is_file() or self.overwrite:
@@ -470,19 +480,41 @@ class TokenTrainer:
         record = old.extra.get("training", {})
         if record.get("base_model_fingerprint") not in (None, _model_id(self.spec)):
             raise TokenBankError(f"{str(self.bank_path)!r} was trained on another model; use another output path")
-        if self.state_path.is_file():
-            from safetensors.torch import load_file
-
-            self.saved_state = load_file(self.state_path)
+        self.state_sha256 = record.get("state_sha256")
+        state, why = self.saved_with_bank()
+        restarted = []
         for c in self.class_ids:
-            if c in old:
-                # the raw row w if the state has it (its norm drifts under weight decay), else the saved pinned row
-                raw = self.saved_state.get(f"raw.{c}")
-                self.rows[self.row_of[c]] = raw.float() if raw is not None else old.embedding(c)
-                self.done[c] = int(record.get("steps_done", {}).get(str(c), 0))
+            done = int(record.get("steps_done", {}).get(str(c), 0)) if c in old else 0
+            if done >= self.config.max_steps:
+                self.kept[c] = self.rows[self.row_of[c]] = old.embedding(c)
+            elif done and f"raw.{c}" in state:  # the raw row w: its norm drifts under weight decay
+                self.rows[self.row_of[c]] = state[f"raw.{c}"].float()
+            elif done:
+                restarted.append(c)
+                continue
+            self.done[c] = done
+        self.saved_state = {k: v for k, v in state.items() if int(k.split(".")[1]) not in restarted}
+        if restarted:
+            logger.warning("%s: the training state %s; restarting its %d unfinished classes from step 0 (%s) so "
+                           "that they end as an uninterrupted run would", self.bank_path, why, len(restarted),
+                           ", ".join(map(str, restarted[:8])) + (", ..." if len(restarted) > 8 else ""))
         unfinished = [c for c in self.class_ids if 0 < self.done[c] < self.config.max_steps]
         if unfinished:
             self.check_same_settings(record)
+
+    def saved_with_bank(self) -> tuple[dict, str]:
+        """The tensors of the state file if it is the one saved with the bank (else ``{}``), and why not."""
+        from safetensors.torch import load
+
+        if not self.state_path.is_file():
+            return {}, f"{str(self.state_path)!r} is missing"
+        if self.state_sha256 is None:
+            return {}, f"{str(self.state_path)!r} cannot be matched to the bank (it records no state sha256)"
+        data = self.state_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.state_sha256:
+            return {}, (f"{str(self.state_path)!r} is not the one saved with the bank (another run's, or a run "
+                        "stopped between writing the two)")
+        return load(data), ""
 
     def check_same_settings(self, record: dict) -> None:
         """A run that continues unfinished classes must train them as they were started.
@@ -672,6 +704,8 @@ class TokenTrainer:
 
         with torch.no_grad():
             rows = _pin_rows(self.param.detach(), self.norms).cpu()  # the pinned rows are what is used and saved
+        for c, row in self.kept.items():  # finished before this run: exactly as saved
+            rows[self.row_of[c]] = row
         return TokenBank(rows, self.infos, self.tokens, base_model=self.spec.model,
                          class_list=self.train.class_list, extra={
             "training": {"base_model_fingerprint": _model_id(self.spec), **self.config.record(),
@@ -679,6 +713,7 @@ class TokenTrainer:
                          "crop": "square centre crop, bicubic resize, horizontal flip p=0.5",
                          "precision": self.precision(),
                          "steps_done": {str(c): n for c, n in self.done.items()},
+                         "state_sha256": self.state_sha256,
                          "templates": "imagenet_templates_small (27)", "skipped_images": self.skipped,
                          "losses_this_run": self.losses}})
 
@@ -691,13 +726,12 @@ class TokenTrainer:
 
     def save(self, opts: dict, gens: dict, scalers: dict | None = None) -> None:
         """The bank and the training state (raw rows, AdamW moments, gradient scalers, generator states),
-        each written atomically."""
+        each written atomically; the bank records the state file's sha256 (see :meth:`resume`)."""
         if self.bank_path is None:
             return
         import torch
         from safetensors.torch import save as st_save
 
-        self.bank().save(self.bank_path)
         tensors = dict(self.saved_state)
         for st in _opt_tensors(opts).values():
             tensors.update(st)
@@ -711,7 +745,10 @@ class TokenTrainer:
         for c, g in gens.items():
             tensors[f"gen.{c}"] = g.get_state()
         tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
-        atomic_write(self.state_path, st_save(tensors))
+        state = st_save(tensors)
+        self.state_sha256 = hashlib.sha256(state).hexdigest()
+        self.bank().save(self.bank_path)
+        atomic_write(self.state_path, state)
         self.saved_state = tensors  # later groups' saves keep this group's final state
 
 
@@ -871,7 +908,8 @@ def _merge_ranks(final: Path, world: int, class_ids: list[int], classes_per_batc
     rows = [banks[owner[c]].embedding(c) for c in class_ids]
     import torch
 
-    training = {**first.extra["training"], "steps_done": steps_done, "ranks": world, "losses_this_run": []}
+    training = {**first.extra["training"], "steps_done": steps_done, "ranks": world, "losses_this_run": [],
+                "state_sha256": None}  # every class is finished: no state continues it
     infos = {c.index: c for b in banks.values() for c in b.class_infos}
     tokens = {c.index: t for b in banks.values() for c, t in zip(b.class_infos, b.tokens)}
     merged = TokenBank(torch.stack(rows), [infos[c] for c in class_ids], [tokens[c] for c in class_ids],
@@ -892,8 +930,6 @@ def _opt_tensors(opts: dict) -> dict:
 
 
 def _class_seed(seed: int, class_index: int) -> int:
-    import hashlib
-
     digest = hashlib.sha256(f"dsi-bench/learn-seed/v1:{seed}:{class_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 

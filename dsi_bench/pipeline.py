@@ -30,7 +30,7 @@ from .errors import ModelLoadError, OfflineError, SpecError, close_matches
 from .images import RESIZE_FILTER
 from .memo import Memo
 from .online import hub_unreachable
-from .validate import check_positive_int
+from .validate import check_finite_float, check_positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -167,8 +167,7 @@ class PipelineSpec:
         check_positive_int(self.batch_size, "batch_size", example=8)
         if self.gen_size is not None and self.gen_size % 8:
             raise SpecError(f"gen_size={self.gen_size} must be a multiple of 8 (the VAE's downsampling), e.g. 768")
-        if self.guidance_scale < 0:
-            raise SpecError(f"guidance_scale={self.guidance_scale} must be >= 0 (1 disables guidance)")
+        check_finite_float(self.guidance_scale, "guidance_scale", low=0, example=7.5)
         set_(self, "device", resolve_device(self.device))
         dtype = str(self.dtype).replace("torch.", "").lower()
         if dtype != "auto" and dtype not in _DTYPES:

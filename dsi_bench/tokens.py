@@ -33,6 +33,7 @@ from .compat import reject_unknown, renamed
 from .errors import ClassSpecError, OfflineError, TokenBankError
 from .files import atomic_write
 from .memo import Memo
+from .validate import is_int
 
 __all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "bank_class_list", "fetch_imagenet_star_tokens", "load_tokens",
            "tokens_class_list"]
@@ -90,10 +91,11 @@ class TokenBank:
         extra: free-form JSON-serialisable metadata kept with the bank (training progress, ...).
         class_list: the label space the classes belong to (all classes of the dataset, also
             those without a token here); saved with the bank. ``None``: not recorded.
+        source: where the rows were read from (a file), named in every error.
 
     Raises:
-        TokenBankError: shapes, names or indices that do not fit, or classes that disagree
-            with ``class_list``.
+        TokenBankError: shapes, names or indices that do not fit, non-finite (NaN/inf) rows, or
+            classes that disagree with ``class_list``.
     """
 
     def __init__(
@@ -105,35 +107,44 @@ class TokenBank:
         base_model: str | None = None,
         extra: dict | None = None,
         class_list: ClassList | None = None,
+        source: str | os.PathLike | None = None,
     ):
+        def error(message: str) -> TokenBankError:
+            return TokenBankError(message if source is None else f"{os.fspath(source)!r}: {message}")
+
         embeddings = torch.as_tensor(embeddings).detach().to("cpu", torch.float32)
         classes = list(classes)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(classes):
-            raise TokenBankError(
+            raise error(
                 f"embeddings of shape {tuple(embeddings.shape)} do not match {len(classes)} classes; "
                 "expected (num_classes, dim)"
             )
         if not classes:
-            raise TokenBankError("a token bank needs at least one class")
+            raise error("a token bank needs at least one class")
         tokens = list(tokens) if tokens is not None else [release_token_name(c.name, c.index) for c in classes]
         if len(tokens) != len(classes):
-            raise TokenBankError(f"got {len(tokens)} tokens for {len(classes)} classes")
+            raise error(f"got {len(tokens)} tokens for {len(classes)} classes")
         if len(set(tokens)) != len(tokens):
             dup = sorted({t for t in tokens if tokens.count(t) > 1})
-            raise TokenBankError(f"token names must be unique; repeated: {dup[:5]}")
+            raise error(f"token names must be unique; repeated: {dup[:5]}")
         indices = [c.index for c in classes]
         if len(set(indices)) != len(indices):
-            raise TokenBankError("each class index may appear only once in a token bank")
+            raise error("each class index may appear only once in a token bank")
+        bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            named = ", ".join(f"{classes[r].index} ({tokens[r]})" for r in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise error(f"the embeddings of {len(bad)} of {len(classes)} classes hold NaN or inf values (classes "
+                        f"{named}); such tokens make black or noise images: re-export or re-learn those classes")
         if class_list is not None:
             if not isinstance(class_list, ClassList):
-                raise TokenBankError(f"class_list must be a ClassList, not {type(class_list).__name__}")
+                raise error(f"class_list must be a ClassList, not {type(class_list).__name__}")
             wrong = [c for c in classes if c.index >= len(class_list) or class_list[c.index].name != c.name]
             if wrong:
                 c = wrong[0]
                 have = class_list[c.index].name if c.index < len(class_list) else "nothing"
-                raise TokenBankError(f"class {c.index} ({c.name!r}) does not match its class list {class_list.name!r} "
-                                     f"({len(class_list)} classes; index {c.index} is {have!r}); build the bank from "
-                                     "the class list's own ClassInfo entries")
+                raise error(f"class {c.index} ({c.name!r}) does not match its class list {class_list.name!r} "
+                            f"({len(class_list)} classes; index {c.index} is {have!r}); build the bank from "
+                            "the class list's own ClassInfo entries")
         embeddings = embeddings.contiguous()
         embeddings.requires_grad_(False)
         init = object.__setattr__
@@ -347,7 +358,7 @@ class TokenBank:
         if len(order) != len(by_index):
             logger.warning("%s holds %d of %d class tokens", path, len(order), len(by_index))
         return cls(torch.stack([rows[i] for i in order]), [by_index[i] for i in order], base_model=base_model,
-                   class_list=recorded)
+                   class_list=recorded, source=path)
 
     @classmethod
     def from_diffusers(
@@ -407,6 +418,7 @@ class TokenBank:
             [tokens[i] for i in order],
             base_model=base_model,
             class_list=classes if isinstance(classes, ClassList) else None,
+            source=path,
         )
 
     # ------------------------------------------------------------------ exporters
@@ -536,34 +548,84 @@ def _read_safetensors_meta(path: Path) -> dict | None:
     try:
         data = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as cause:
-        raise TokenBankError(f"{str(path)!r} has damaged dsi-bench metadata; re-export the bank") from cause
+        raise _damaged(path, "not JSON") from cause
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
     if data.get("format") != _FORMAT:
         return None
     return data
 
 
-def _load_bank_file(path: Path) -> TokenBank:
-    from safetensors.torch import load_file
+def _damaged(path, what: str) -> TokenBankError:
+    """The error for a bank file whose dsi-bench metadata was edited or broken."""
+    return TokenBankError(f"{str(path)!r} has damaged dsi-bench metadata ({what}); re-export the bank from its source")
 
-    meta = _read_safetensors_meta(path)
-    if meta.get("format_version", 0) > _FORMAT_VERSION:
-        raise TokenBankError(
-            f"{str(path)!r} uses token-bank format {meta['format_version']}; upgrade dsi-bench to read it"
-        )
-    tensors = load_file(str(path))
-    rows = meta["classes"]
+
+def _checked_meta_rows(meta: dict, path: Path, tensors: dict) -> list[dict]:
+    """The ``classes`` entries of a bank's metadata, checked against each other and the file's tensors.
+
+    Raises:
+        TokenBankError: a malformed entry, a token without a tensor or a tensor without a token, a
+            ``dim`` or ``format_version`` that disagrees with the file.
+    """
+    version = meta.get("format_version", 0)
+    if not is_int(version):
+        raise _damaged(path, f"format_version {version!r} is not an integer")
+    if version > _FORMAT_VERSION:
+        raise TokenBankError(f"{str(path)!r} uses token-bank format {version}; upgrade dsi-bench to read it")
+    rows = meta.get("classes")
+    if not isinstance(rows, list) or not rows:
+        raise _damaged(path, "'classes' is not a non-empty list")
+    for r in rows:
+        if not (isinstance(r, dict) and is_int(r.get("index")) and r["index"] >= 0 and isinstance(r.get("name"), str)
+                and isinstance(r.get("token"), str) and isinstance(r.get("wnid"), (str, type(None)))):
+            raise _damaged(path, f"class entry {json.dumps(r)[:100]} needs an integer 'index' >= 0, a 'name' and a "
+                                 "'token'")
+    for key, kinds in (("base_model", (str, type(None))), ("extra", (dict, type(None)))):
+        if not isinstance(meta.get(key), kinds):
+            raise _damaged(path, f"{key!r} is a {type(meta.get(key)).__name__}")
+    listed = {r["token"] for r in rows}
     missing = [r["token"] for r in rows if r["token"] not in tensors]
     if missing:
         raise TokenBankError(f"{str(path)!r} lists tokens without embeddings: {missing[:5]}; the file is damaged")
+    unlisted = sorted(set(tensors) - listed)
+    if unlisted:
+        raise _damaged(path, f"the file holds {len(tensors)} embeddings but lists {len(listed)} classes; "
+                             f"not listed: {unlisted[:3]}")
+    dim, widths = meta.get("dim"), sorted({tensors[t].numel() for t in listed})
+    if dim is not None and widths != [dim]:
+        raise _damaged(path, f"'dim' is {dim!r} but the embeddings are {'/'.join(map(str, widths))}-d")
+    return rows
+
+
+def _load_bank_file(path: Path) -> TokenBank:
+    meta = _read_safetensors_meta(path)
+    tensors = _load_safetensors(path)
+    rows = _checked_meta_rows(meta, path, tensors)
     emb = torch.stack([_as_row(tensors[r["token"]], f"{path} [{r['token']}]") for r in rows])
     return TokenBank(
         emb,
-        [ClassInfo(int(r["index"]), r["name"], r.get("wnid")) for r in rows],
+        [ClassInfo(r["index"], r["name"], r.get("wnid")) for r in rows],
         [r["token"] for r in rows],
         base_model=meta.get("base_model"),
         extra=meta.get("extra") or {},
         class_list=_recorded_class_list(meta, path),
+        source=path,
     )
+
+
+def _load_safetensors(path: Path) -> dict:
+    """All tensors of a safetensors file.
+
+    Raises:
+        TokenBankError: the file cannot be read as safetensors.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
+        raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
 
 
 def _recorded_class_list(meta: dict, path) -> ClassList | None:
@@ -573,8 +635,8 @@ def _recorded_class_list(meta: dict, path) -> ClassList | None:
         return None
     try:
         return ClassList.from_dict(data)
-    except ClassSpecError as e:
-        raise TokenBankError(f"{str(path)!r} has a damaged class list ({e}); re-save the bank") from e
+    except (ClassSpecError, TypeError) as e:  # TypeError: ids that are not a list
+        raise _damaged(path, f"its class list: {e}") from e
 
 
 def tokens_class_list(tokens, class_list: ClassList | None = None) -> ClassList:
@@ -616,12 +678,7 @@ def bank_class_list(tokens) -> ClassList | None:
 
 def _read_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise TokenBankError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
+        sd = _load_safetensors(path)
     else:
         sd = _safe_torch_load(path.read_bytes(), str(path))
     if isinstance(sd, torch.Tensor):
@@ -703,6 +760,8 @@ def _load_tokens_uncached(path: Path, classes) -> TokenBank:
             if _read_safetensors_meta(path) is not None:
                 return _load_bank_file(path)
             return TokenBank.from_diffusers(path, class_list=classes)
+        if _is_torch_save_zip(path):  # torch.save's zip layout: a diffusers learned_embeds.bin, not tokens.zip
+            return TokenBank.from_diffusers(path, class_list=classes)
         if zipfile.is_zipfile(path):
             return TokenBank.from_release(path, class_list=classes)
         if path.suffix in (".bin", ".pt", ".pth"):
@@ -712,6 +771,18 @@ def _load_tokens_uncached(path: Path, classes) -> TokenBank:
     if any(f.stem.isdigit() for f in folder.glob("*.bin")):
         return TokenBank.from_release(path, class_list=classes)
     return TokenBank.from_diffusers(path, class_list=classes)
+
+
+def _is_torch_save_zip(path: Path) -> bool:
+    """Whether a file is a ``torch.save`` archive (a zip with ``<name>/data.pkl``, e.g. diffusers'
+    ``learned_embeds.bin``) rather than a plain zip such as the release's ``tokens.zip``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(re.fullmatch(r"[^/]+/data\.pkl", name) for name in zf.namelist())
+    except zipfile.BadZipFile as e:
+        raise TokenBankError(f"{str(path)!r} is a damaged zip file ({e}); download or export it again") from e
 
 
 def _index_spec(indices: list[int], limit: int = 8) -> str:

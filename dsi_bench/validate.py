@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 
 from .errors import SpecError, close_matches
 
-__all__ = ["check_choice", "check_int_range", "check_non_negative_int", "check_positive_int"]
+__all__ = ["check_choice", "check_finite_float", "check_int_range", "check_non_negative_int", "check_positive_int",
+           "is_int"]
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """Whether ``value`` is an int and not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -25,7 +29,7 @@ def check_positive_int(value, name: str, *, example: int | None = None, optional
     """
     if optional and value is None:
         return None
-    if not _is_int(value) or value <= 0:
+    if not is_int(value) or value <= 0:
         tail = " (or None for the default)" if optional else (f", e.g. {example}" if example is not None else "")
         raise error(f"{name}={value!r} must be a positive integer{tail}")
     return value
@@ -37,7 +41,7 @@ def check_non_negative_int(value, name: str, *, error: type[Exception] = SpecErr
     Raises:
         SpecError (or ``error``): naming the value.
     """
-    if not _is_int(value) or value < 0:
+    if not is_int(value) or value < 0:
         raise error(f"{name}={value!r} must be a non-negative integer")
     return value
 
@@ -49,7 +53,7 @@ def check_int_range(value, name: str, low: int, high: int, *, example: int | Non
     Raises:
         SpecError (or ``error``): naming the value and the range.
     """
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         tail = f", e.g. {example}" if example is not None else ""
         raise error(f"{name}={value!r} must be within {low}..{high}{tail}")
     return value
@@ -66,3 +70,22 @@ def check_choice(value, name: str, choices: Iterable[str], *, error: type[Except
         raise error(f"unknown {name} {value!r}; use one of: {', '.join(choices)}."
                     + close_matches(str(value), choices))
     return value
+
+
+def check_finite_float(value, name: str, *, low: float | None = None, above: float | None = None,
+                       example: float | None = None, optional: bool = False,
+                       error: type[Exception] = SpecError) -> float | None:
+    """``value`` as a float if it is a finite real number (not NaN, not ±inf) within the bounds
+    (or ``None`` when ``optional``): ``low`` is an inclusive lower bound, ``above`` an exclusive one.
+
+    Raises:
+        SpecError (or ``error``): ``"{name}={value!r} must be a finite number >= low"``, with an example.
+    """
+    if optional and value is None:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (low is not None and value < low) or (above is not None and value <= above):
+        bounds = "".join(f" {op} {bound:g}" for op, bound in ((">=", low), (">", above)) if bound is not None)
+        tail = f", e.g. {example:g}" if example is not None else ""
+        raise error(f"{name}={value!r} must be a finite number{bounds}{tail}")
+    return float(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import Command, add_device, add_quiet, deprecated_flag
+from .common import Command, add_device, add_quiet, deprecated_flag, finite_float
 
 
 def _add_clip(p, *, tokens_help: str) -> None:
@@ -40,12 +40,13 @@ class ClipFilter(Command):
                        "if tokens fit")
         p.add_argument("--thresholds", default=None, metavar="JSON",
                        help="thresholds fitted by clip-calibrate (default: the rule's placeholder thresholds)")
-        p.add_argument("--object-threshold", type=float, default=None,
+        p.add_argument("--object-threshold", type=finite_float("--object-threshold"), default=None,
                        help="override the object threshold (default: 0.2, or the --thresholds file's)")
-        p.add_argument("--shift-threshold", type=float, default=None,
+        p.add_argument("--shift-threshold", type=finite_float("--shift-threshold"), default=None,
                        help="override the shift threshold (default: reference 0.2, token-gain 0.0, or the "
                             "--thresholds file's)")
-        deprecated_flag(p, "--shift-margin", "--shift-threshold", "shift_threshold", type=float)
+        deprecated_flag(p, "--shift-margin", "--shift-threshold", "shift_threshold",
+                        type=finite_float("--shift-margin"))
         p.add_argument("--scores-out", default=None, help="scores sidecar to write (default: DIR/clip_scores.npz)")
         deprecated_flag(p, "--scores", "--scores-out", "scores_out")
         p.add_argument("--masks-out", default=None, help="masks file to write (default: DIR/clip_masks.npz)")

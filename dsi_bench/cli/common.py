@@ -12,8 +12,8 @@ import sys
 import textwrap
 
 __all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples",
-           "add_shifts", "class_list_from", "deprecated_flag", "example", "masks_value", "pipeline_from",
-           "resolve_devices", "shifts_from",
+           "add_shifts", "class_list_from", "deprecated_flag", "example", "finite_float", "masks_value",
+           "pipeline_from", "resolve_devices", "shifts_from",
            "tokens_value"]
 
 
@@ -90,6 +90,26 @@ def deprecated_flag(parser, old: str, new: str, dest: str, *, append: bool = Fal
     """Accept ``old`` as a hidden alias of ``new`` (stored in ``dest``, converted by ``type``), with a warning."""
     parser.add_argument(old, dest=dest, action=_DeprecatedFlag, new=new, append=append, help=argparse.SUPPRESS,
                         type=type, **({"nargs": 0} if flag else {}))
+
+
+# ---------------------------------------------------------------------- number options
+def finite_float(flag: str, **bounds):
+    """An argparse ``type`` for a float option: a finite number within ``bounds`` (the keywords of
+    :func:`~dsi_bench.validate.check_finite_float`); ``nan``, ``inf`` and words are refused in one line."""
+    from ..errors import SpecError
+    from ..validate import check_finite_float
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = text  # refused below, in the validator's words
+        try:
+            return check_finite_float(value, flag, **bounds)
+        except SpecError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return parse
 
 
 # ---------------------------------------------------------------------- shared options
@@ -176,7 +196,8 @@ def add_pipeline(parser, *, cache: bool = True) -> None:
                    "'imagenet-star' (Hub) or 'none' for class names (default: %(default)s)")
     g.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler preset (default: euler)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's, 50 for euler)")
-    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
+    g.add_argument("--guidance-scale", type=finite_float("--guidance-scale", low=0, example=7.5), default=7.5,
+                   help="classifier-free guidance (default: 7.5)")
     g.add_argument("--gen-size", type=int, default=None, help="generation size in px (default: model native)")
     g.add_argument("--out-size", type=int, default=512, help="output size in px, 0 = keep (default: 512)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: none, as the original)")

@@ -10,6 +10,7 @@ from .common import (
     add_shifts,
     class_list_from,
     deprecated_flag,
+    finite_float,
     masks_value,
     pipeline_from,
     resolve_devices,
@@ -75,7 +76,8 @@ class Build(Command):
         p.add_argument("--devices", default=None, help="comma-separated devices: local = one worker each "
                        "(cuda:0,cuda:1); torchrun = indexed by LOCAL_RANK")
         p.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster)")
-        p.add_argument("--gpus-per-task", type=float, default=None, help="Ray num_gpus per shard (default: 1 on cuda)")
+        p.add_argument("--gpus-per-task", type=finite_float("--gpus-per-task", low=0, example=1), default=None,
+                       help="Ray num_gpus per shard (default: 1 on cuda)")
         p.add_argument("--cpu-threads", type=int, default=None,
                        help="torch threads on CPU, part of the plan (default: as recorded, else this process's)")
         p.add_argument("--cache-dir", default=None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import Command, add_device, add_quiet, deprecated_flag
+from .common import Command, add_device, add_quiet, deprecated_flag, finite_float
 
 
 class Tokens(Command):
@@ -64,7 +64,8 @@ class LearnTokens(Command):
                        help="training steps per class (default: the preset's); before 0.2 this flag was the "
                             "per-run limit, now --max-steps-this-run")
         deprecated_flag(p, "--steps", "--max-steps", "max_steps", type=int)
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's; reference 5e-4)")
+        p.add_argument("--lr", type=finite_float("--lr", above=0, example=5e-4), default=None,
+                       help="learning rate (default: the preset's; reference 5e-4)")
         p.add_argument("--resolution", type=int, default=None,
                        help="training size in px (default: the generator's native size, 768 for SD2; more than "
                             f"{MAX_RESOLUTION_OVER_NATIVE}x native needs --allow-high-resolution)")
