@@ -292,3 +292,36 @@ def test_file_urls_name_local_absolute_paths_and_other_urls_are_refused(tmp_path
         ShardSet(f"file://elsewhere{root}")
     with pytest.raises(ShardError, match=r"'nosuchscheme://bucket/shards': cannot open nosuchscheme:// URLs"):
         ShardSet("nosuchscheme://bucket/shards")
+
+
+# ---------------------------------------------------------------------- fuzz: any flipped byte
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_flipped_byte_anywhere_is_refused_with_a_typed_error_never_served_or_a_traceback(tmp_path_factory, verify):
+    """verify=True: every flip is refused by name; verify=False: a ShardError or data, never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    clean = good_folder(tmp_path_factory.mktemp("clean") / "shards")
+    size = (clean / "base" / "base-000000.tar").stat().st_size
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(position=st.integers(0, size - 1), mask=st.integers(1, 255))
+    def check(position, mask):
+        root = tmp_path_factory.mktemp("fuzz") / "shards"
+        good_folder(root)
+        path = root / "base" / "base-000000.tar"
+        data = bytearray(path.read_bytes())
+        data[position] ^= mask
+        path.write_bytes(bytes(data))
+        forget_verified()
+        shards_mod._MEMO.clear()
+        assert not verify_shards(root).ok
+        try:
+            ds = ShiftedImageNet("base", source="shards", root=root, verify=verify)
+            [ds[i] for i in range(len(ds))]
+        except ShardError as e:
+            assert "base-000000.tar" in str(e) and "\n" not in str(e)
+        else:
+            assert not verify, "a damaged shard was served with verify=True"
+
+    check()
