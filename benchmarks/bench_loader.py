@@ -14,6 +14,17 @@ Rows (same transform everywhere: Resize(256), CenterCrop(224), ToTensor, Normali
   (what the original and every published number use).
 * ``..., fast_decode``: the same with the opt-in ``fast_decode=True`` (libjpeg draft mode), to show
   what it buys; its inputs differ from full decoding (``pixel_diff`` in the results says by how much).
+* ``checked`` / ``unchecked``: the cost of checked reads. Each pass starts as a fresh process would
+  (no shard verified or indexed in memory; the page cache warm) and times opening the dataset
+  plus one pass: ``verify=True`` (the default: every shard read and its sha256 compared, index
+  scanned in the same read) against ``verify=False`` (index from the disk cache, as before checked
+  reads existed), alternated. ``verification_cost`` in the results: ``end_to_end`` (checked /
+  unchecked - 1 per row), and, since on a shared machine the noise is larger than the cost, the
+  cost measured directly: opening checked vs unchecked (best of many), the extra seconds per pass,
+  and that over the fastest unchecked pass (target <= 0.10). Later reads in the process (and in
+  forked DataLoader workers) hash nothing again.
+
+    python benchmarks/bench_loader.py --only-verification    # only these rows -> loader_verification_cpu.json
 
     python benchmarks/bench_loader.py                    # 1000 images, workers 0 and 2
     python benchmarks/bench_loader.py --images 5000 --num-workers 0,2,4
@@ -97,6 +108,125 @@ def time_loader(loader, repeats: int) -> tuple[float, int]:
     return best, n
 
 
+def time_cold(shards, classes, tf, verify: bool, stream: bool, loader_kw: dict) -> tuple[float, int]:
+    """Seconds to open the shard dataset and drain one pass with nothing of it in memory (as in a new
+    process), and the number of images: ``verify`` hashes every shard on open, else the cached index is used."""
+    from torch.utils.data import DataLoader
+
+    from dsi_bench import shards as shards_mod
+    from dsi_bench.datasets import ShiftedImageNet
+
+    shards_mod._MEMO.clear()
+    shards_mod._VERIFIED.clear()
+    start = time.perf_counter()
+    ds = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes,
+                         verify=verify)
+    n = 0
+    for x, _ in DataLoader(ds.stream() if stream else ds, persistent_workers=False, **loader_kw):
+        n += x.shape[0]
+    return time.perf_counter() - start, n
+
+
+def open_seconds(shards, classes, verify: bool, repeats: int) -> float:
+    """Best-of-``repeats`` seconds to open the shard dataset with nothing of it in memory: with
+    ``verify``, every shard is read, hashed and scanned; without, the index comes from the disk cache.
+    Their difference is all that checked reads add to a pass (the reads after it hash nothing again)."""
+    from dsi_bench import shards as shards_mod
+    from dsi_bench.datasets import ShiftedImageNet
+
+    best = float("inf")
+    for _ in range(repeats):
+        shards_mod._MEMO.clear()
+        shards_mod._VERIFIED.clear()
+        start = time.perf_counter()
+        len(ShiftedImageNet("base", source="shards", root=shards, masks=True, class_list=classes, verify=verify))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def verification_rows(shards, classes, tf, workers: list[int], batch_size: int, repeats: int, record) -> dict:
+    """Checked against unchecked reads, alternating so that load on the machine hits both alike:
+    ``end_to_end`` is checked / unchecked - 1 per view and worker count (best of ``repeats`` each; on a
+    loaded machine the noise is larger than the cost), and the open times give the cost directly."""
+    cost, unchecked = {}, []
+    for w in workers:
+        for view in ("random access", "stream"):
+            best, n = {True: float("inf"), False: float("inf")}, 0
+            for _ in range(repeats):
+                for verify in (True, False):
+                    seconds, n = time_cold(shards, classes, tf, verify, view == "stream",
+                                           dict(batch_size=batch_size, num_workers=w))
+                    best[verify] = min(best[verify], seconds)
+            for verify in (True, False):
+                record(f"shards, {view}, {'checked' if verify else 'unchecked'} (open + one pass)", best[verify], n, w)
+            cost[f"{view}, workers {w}"] = round(best[True] / best[False] - 1, 3)
+            unchecked.append(best[False])
+    opened = {verify: open_seconds(shards, classes, verify, 5 * repeats) for verify in (True, False)}
+    extra = opened[True] - opened[False]
+    return {"end_to_end": cost, "open_seconds_checked": round(opened[True], 4),
+            "open_seconds_unchecked": round(opened[False], 4), "extra_seconds_per_pass": round(extra, 4),
+            "hash_and_scan_mb_per_s": round(shard_bytes(shards) / opened[True] / 1e6, 1),
+            "estimate_vs_fastest_unchecked_pass": round(extra / min(unchecked), 4)}
+
+
+def shard_bytes(shards) -> int:
+    return sum(p.stat().st_size for p in shards.rglob("*.tar"))
+
+
+def compare_loaders(release, shards, classes, tf, kept, workers, args, record, rows) -> dict:
+    """The bare loop, the reference loader and ours (random access, stream, fast_decode); ratios and pixel diff."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Subset
+    from torchvision.datasets import ImageFolder
+
+    from dsi_bench.datasets import ShiftedImageNet
+
+    paths = sorted((release / "base").rglob("*.jpg"))
+    chosen = [paths[i] for i in kept]
+    best = float("inf")
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for p in chosen:
+            tf(Image.open(p).convert("RGB"))
+        best = min(best, time.perf_counter() - start)
+    record("bare loop", best, len(chosen))
+
+    folder = Subset(ImageFolder(str(release / "base"), transform=tf), kept)
+    ours = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes)
+    fast = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes,
+                           fast_decode=True)
+    assert len(ours) == len(folder) == len(chosen), (len(ours), len(folder), len(chosen))
+    for w in workers:
+        kw = dict(batch_size=args.batch_size, num_workers=w, persistent_workers=False)
+        record("ImageFolder + mask (reference)", *time_loader(DataLoader(folder, **kw), args.repeats), w)
+        record("shards, random access", *time_loader(DataLoader(ours, **kw), args.repeats), w)
+        record("shards, stream", *time_loader(DataLoader(ours.stream(), **kw), args.repeats), w)
+        record("shards, random access, fast_decode", *time_loader(DataLoader(fast, **kw), args.repeats), w)
+        record("shards, stream, fast_decode", *time_loader(DataLoader(fast.stream(), **kw), args.repeats), w)
+    # how far draft decoding moves the classifier's input (0-255 scale, before Normalize), on the first 64
+    diffs = [(fast[i][0] - ours[i][0]).abs() * torch.tensor([0.229, 0.224, 0.225])[:, None, None] * 255
+             for i in range(min(64, len(ours)))]
+    diffs = torch.stack(diffs).numpy()
+    pixel_diff = {"mean": round(float(diffs.mean()), 3), "p99": round(float(np.percentile(diffs, 99)), 3),
+                  "images": len(diffs)}
+
+    def rate(name, w):
+        return next(r["images_per_s"] for r in rows if r["name"] == name and r["workers"] == w)
+
+    bare = rows[0]["images_per_s"]
+    ratios = {}
+    for w in workers:
+        for name in ("shards, random access", "shards, stream", "shards, random access, fast_decode",
+                     "shards, stream, fast_decode"):
+            ratios[f"{name}, workers {w}"] = {
+                "vs_imagefolder": round(rate(name, w) / rate("ImageFolder + mask (reference)", w), 2),
+                "vs_bare_loop": round(rate(name, w) / bare, 2),
+            }
+    return {"ratios": ratios, "fast_decode_pixel_diff_0_255": pixel_diff}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -105,15 +235,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many passes per row")
     parser.add_argument("--work", default=None, help="folder for the data (default: a temp dir)")
     parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/loader_cpu.json)")
+    parser.add_argument("--only-verification", action="store_true",
+                        help="time only the checked/unchecked rows (the verification cost)")
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
-    from PIL import Image
-    from torch.utils.data import DataLoader, Subset
-    from torchvision.datasets import ImageFolder
-
-    from dsi_bench.datasets import ShiftedImageNet
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dsi-bench-loader-"))
     release, wnids, masks, classes, shards = prepare_shards(work, args.images, 250)
@@ -135,50 +262,13 @@ def main(argv=None) -> dict:
     for p in shards.rglob("*.tar"):
         p.read_bytes()
 
-    paths = sorted((release / "base").rglob("*.jpg"))
-    chosen = [paths[i] for i in kept]
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for p in chosen:
-            tf(Image.open(p).convert("RGB"))
-        best = min(best, time.perf_counter() - start)
-    record("bare loop", best, len(chosen))
-
-    folder = Subset(ImageFolder(str(release / "base"), transform=tf), kept)
-    ours = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes)
-    fast = ShiftedImageNet("base", source="shards", root=shards, masks=True, transform=tf, class_list=classes,
-                           fast_decode=True)
-    assert len(ours) == len(folder) == len(chosen), (len(ours), len(folder), len(chosen))
-    for w in [int(x) for x in args.num_workers.split(",")]:
-        kw = dict(batch_size=args.batch_size, num_workers=w, persistent_workers=False)
-        record("ImageFolder + mask (reference)", *time_loader(DataLoader(folder, **kw), args.repeats), w)
-        record("shards, random access", *time_loader(DataLoader(ours, **kw), args.repeats), w)
-        record("shards, stream", *time_loader(DataLoader(ours.stream(), **kw), args.repeats), w)
-        record("shards, random access, fast_decode", *time_loader(DataLoader(fast, **kw), args.repeats), w)
-        record("shards, stream, fast_decode", *time_loader(DataLoader(fast.stream(), **kw), args.repeats), w)
-    # how far draft decoding moves the classifier's input (0-255 scale, before Normalize), on the first 64
-    diffs = [(fast[i][0] - ours[i][0]).abs() * torch.tensor([0.229, 0.224, 0.225])[:, None, None] * 255
-             for i in range(min(64, len(ours)))]
-    diffs = torch.stack(diffs).numpy()
-    pixel_diff = {"mean": round(float(diffs.mean()), 3), "p99": round(float(np.percentile(diffs, 99)), 3),
-                  "images": len(diffs)}
-
-    def rate(name, w):
-        return next(r["images_per_s"] for r in rows if r["name"] == name and r["workers"] == w)
-
-    bare = rows[0]["images_per_s"]
-    ratios = {}
-    for w in [int(x) for x in args.num_workers.split(",")]:
-        for name in ("shards, random access", "shards, stream", "shards, random access, fast_decode",
-                     "shards, stream, fast_decode"):
-            ratios[f"{name}, workers {w}"] = {
-                "vs_imagefolder": round(rate(name, w) / rate("ImageFolder + mask (reference)", w), 2),
-                "vs_bare_loop": round(rate(name, w) / bare, 2),
-            }
+    workers = [int(x) for x in args.num_workers.split(",")]
+    comparison = {} if args.only_verification else compare_loaders(release, shards, classes, tf, kept, workers, args,
+                                                                     record, rows)
+    cost = verification_rows(shards, classes, tf, workers, args.batch_size, args.repeats, record)
     result = {
         "benchmark": "loader",
-        "images": len(chosen),
+        "images": len(kept),
         "image_size": 512,
         "transform": "Resize(256), CenterCrop(224), ToTensor, Normalize",
         "batch_size": args.batch_size,
@@ -186,11 +276,14 @@ def main(argv=None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "decode_default": "full",
         "rows": rows,
-        "ratios": ratios,
-        "fast_decode_pixel_diff_0_255": pixel_diff,
-        "targets": {"vs_imagefolder": 1.5, "vs_bare_loop": 0.8},
+        **comparison,
+        "verification_cost": cost,
+        "verification_machine": "2 shared CPU cores, under load from other jobs: ratios are of best-of-repeats, "
+                                "checked and unchecked passes alternated",
+        "shard_bytes": shard_bytes(shards),
+        "targets": {"vs_imagefolder": 1.5, "vs_bare_loop": 0.8, "verification_cost": 0.10},
     }
-    write_result(result, args.out, "loader_cpu.json")
+    write_result(result, args.out, "loader_verification_cpu.json" if args.only_verification else "loader_cpu.json")
     return result
 
 

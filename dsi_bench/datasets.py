@@ -51,7 +51,7 @@ SOURCES = ("synth", "shards", "imagenet-star", "hub")
 
 #: Arguments that belong to one source or another (``Source.options``); the rest apply to every source.
 _SOURCE_OPTIONS = ("seed", "missing", "generator", "tokens", "steps", "sampler", "guidance_scale", "batch_size",
-                   "device", "dtype", "gen_size", "out_size", "pipeline", "cache_dir")
+                   "device", "dtype", "gen_size", "out_size", "pipeline", "cache_dir", "verify")
 
 
 def _range_summary(indices: Sequence[int]) -> str:
@@ -101,6 +101,9 @@ class ShiftedDataset(VisionDataset):
             by shrinking (see :mod:`dsi_bench.images`). Faster, but the classifier's input (and so
             the accuracy) differs from full decoding, which the original and published numbers use;
             default ``False`` (full decoding). PNGs are always decoded in full.
+        verify: ``"shards"``: serve only shards whose sha256 matches the manifest (default
+            ``True``; each shard is hashed once per process). ``False`` skips the hash, for data
+            checked already (``dsi-bench verify``); results record which.
         generator: ``"synth"``: the diffusion model, a diffusers folder or Hub id (overrides
             ``pipeline.model``).
         tokens: ``"synth"``: class tokens: a :class:`~dsi_bench.tokens.TokenBank`, a path in
@@ -140,6 +143,7 @@ class ShiftedDataset(VisionDataset):
         masks=False,
         missing: str = "error",
         fast_decode: bool = False,
+        verify: bool = True,
         generator: str | os.PathLike | None = None,
         tokens: TokenBank | str | os.PathLike | None = "imagenet-star",
         steps: int | None = None,

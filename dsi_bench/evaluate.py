@@ -337,6 +337,7 @@ def evaluate(
     data_root = None
     draft = None
     backend_masks = None
+    checked_reads = None
     try:
         for shift_id in shift_ids:
             ds = ShiftedDataset(shift_id, **args, transform=loaded.transform)
@@ -347,6 +348,7 @@ def evaluate(
             fingerprints[shift_id] = ds.fingerprint()
             data_root = ds.backend.data_fingerprint
             draft, backend_masks = ds.draft, ds.backend.masks
+            checked_reads = getattr(ds.backend, "checked_reads", None)  # shards: sha256 checked (None: no checksums)
             predictor = _Predictor(len(class_list), class_map, ds.class_indices if restrict else None)
             loader = DataLoader(ds.stream(return_key=True), batch_size=batch_size, num_workers=num_workers,
                                 pin_memory=is_cuda, persistent_workers=False,
@@ -384,6 +386,7 @@ def evaluate(
             dist.destroy_process_group()
     info = data_info(source, root, args.get("masks", False), args.get("classes"), fingerprints, data_root,
                      backend_masks=backend_masks)
+    info["checked_reads"] = checked_reads
     model_info = {
         "name": name or loaded.name,
         "spec": loaded.spec,

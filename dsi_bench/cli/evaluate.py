@@ -84,6 +84,9 @@ class Eval(Command):
                        help="decode JPEGs in libjpeg's draft mode (reduced scale) when the classifier's preprocessing "
                             "starts by shrinking: faster, but the inputs and so the accuracy differ from full decoding "
                             "(the default, as published numbers); recorded in the results")
+        p.add_argument("--no-verify", action="store_true",
+                       help="shards: skip checking each shard's sha256 against the manifest (for data checked already "
+                            "with `dsi-bench verify`); recorded in the results")
         p.add_argument("--results", default=None, help="write the results JSON here")
         p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
         add_quiet(p)
@@ -108,6 +111,8 @@ class Eval(Command):
         data = data_from(args)
         if args.fast_decode:
             data["fast_decode"] = True
+        if args.no_verify:
+            data["verify"] = False
         generation = {"generator": args.generator, "tokens": tokens_value(args.tokens), "steps": args.steps,
                       "seed": args.seed, "device": args.gen_device}
         if args.source == "synth":
@@ -150,6 +155,9 @@ class Score(Command):
         add_data(p, required_source=False)
         p.add_argument("--allow-missing", action="store_true", help="count samples without a prediction as wrong")
         p.add_argument("--name", default=None, help="display name (default: the file name)")
+        p.add_argument("--no-verify", action="store_true",
+                       help="shards: skip checking each shard's sha256 against the manifest (for data checked already "
+                            "with `dsi-bench verify`); recorded in the results")
         p.add_argument("--results", default=None, help="write the results JSON here")
 
     def run(self, args) -> int:

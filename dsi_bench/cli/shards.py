@@ -118,7 +118,7 @@ class Build(Command):
 
 class Verify(Command):
     name = "verify"
-    help = "check shards against their manifest (exit 1 if anything is wrong)"
+    help = "check shards against their manifest: sha256, sample names and labels, images (exit 1 if any is bad)"
     loads_models = False
     examples = "dsi-bench verify shards/"
 

@@ -2,10 +2,13 @@
 
 A thin plugin over :class:`~dsi_bench.shards.ShardSet` (manifest, cached tar-offset index,
 checked reads). Streaming gives each reader whole shards, read front to back through one handle.
+Option ``verify`` (default ``True``): serve only shards whose sha256 matches the manifest
+(``False`` for data checked already with ``dsi-bench verify``); results record it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,11 +27,13 @@ class ShardSource(Source):
     name = "shards"
     root_help = "the shard folder or fsspec URL (file://, s3://, hf://datasets/USER/NAME) holding manifest.json"
     description = "WebDataset shards written by `dsi-bench build` or `convert` (a folder or any fsspec URL)"
+    options = ("verify",)
 
-    def __init__(self, root, shift, **kwargs):
+    def __init__(self, root, shift, *, verify: bool = True, **kwargs):
         from ..shards import ShardSet
 
-        self.store = ShardSet(root) if root is not None else None  # opened once: it also resolves custom ids
+        # opened once: it also resolves custom ids
+        self.store = ShardSet(root, verify=verify) if root is not None else None
         super().__init__(root, shift, **kwargs)
         self.records = self.store.shards(self.shift.id)
 
@@ -70,18 +75,15 @@ class ShardSource(Source):
         return self.store.load_image(entry, draft)
 
     def iter_images(self, entries: Sequence, draft=None) -> Iterator:
-        """Images in order; each shard is opened once and read front to back."""
-        handle, shard = None, None
-        try:
-            for e in entries:
-                if e.shard != shard:
-                    if handle is not None:
-                        handle.close()
-                    handle, shard = self.store.root.open(e.shard), e.shard
-                yield self.store.load_image(e, draft, f=handle)
-        finally:
-            if handle is not None:
-                handle.close()
+        """Images in order; each shard is opened once and read front to back (hashed as it is read
+        when this process has not verified it yet: a bad shard fails at its end, before its last image)."""
+        for shard, run in itertools.groupby(entries, key=lambda e: e.shard):
+            *head, tail = run
+            with self.store.open_checked(shard) as f:
+                for e in head:
+                    yield self.store.load_image(e, draft, f=f)
+                last = self.store.load_image(tail, draft, f=f)
+            yield last  # after the check: callers may stop pulling once they have every image
 
     def metadata(self, entry) -> dict:
         return self.store.load_metadata(entry)
@@ -92,6 +94,11 @@ class ShardSource(Source):
     @property
     def data_fingerprint(self) -> str:
         return self.store.fingerprint
+
+    @property
+    def checked_reads(self) -> bool:
+        """Whether reads are checked against the manifest's sha256 (results record it)."""
+        return self.store.verify
 
     def partition(self, entries, position: int, count: int) -> list[list[int]]:
         """Whole shards: shard ``j`` of the shift goes to reader ``j mod count``."""
