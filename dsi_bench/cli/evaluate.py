@@ -37,6 +37,15 @@ def data_from(args) -> dict:
     return {k: v for k, v in data.items() if v is not None}
 
 
+def check_outputs(args) -> None:
+    """Refuse ``--results``/``--predictions`` paths that cannot be written, before any work."""
+    from ..files import check_writable
+
+    for flag in ("results", "predictions"):
+        if getattr(args, flag, None):
+            check_writable(getattr(args, flag), f"--{flag}")
+
+
 def report_results(results, path) -> int:
     from ..dist import World
 
@@ -98,6 +107,10 @@ class Eval(Command):
         self.generation_defaults = {"generator": DEFAULT_MODEL, "tokens": "imagenet-star", "steps": None, "seed": 0,
                                     "device": None}
 
+    def check(self, args) -> None:
+        super().check(args)
+        check_outputs(args)
+
     def run(self, args) -> int:
         from ..errors import SpecError
         from ..evaluate import evaluate
@@ -151,6 +164,10 @@ class Score(Command):
         p.add_argument("--allow-missing", action="store_true", help="count samples without a prediction as wrong")
         p.add_argument("--name", default=None, help="display name (default: the file name)")
         p.add_argument("--results", default=None, help="write the results JSON here")
+
+    def check(self, args) -> None:
+        super().check(args)
+        check_outputs(args)
 
     def run(self, args) -> int:
         from ..errors import SpecError
