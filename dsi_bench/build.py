@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OptionalDependencyError, ShardError, SpecError
-from .files import atomic_write, canonical_json, check_writable, ensure_writable_dir, sha256_file
+from .files import atomic_write, canonical_json, check_writable, ensure_writable_dir, sha256_file, writing_into
 from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
 from .version import __version__
 
@@ -350,7 +350,8 @@ def run_job(
     out = ensure_writable_dir(out, "output folder")
     threads = torch.get_num_threads()  # a CPU job pins its plan's thread count; give the caller theirs back
     try:
-        with _folder_lock(out, engine):
+        with _folder_lock(out, engine), writing_into(out, "output folder", "the shards finished so far are kept: "
+                                                      "free some space and rerun the same command to resume"):
             return _run_job(job, out, engine, devices, address, gpus_per_task, overwrite, progress)
     finally:
         torch.set_num_threads(threads)

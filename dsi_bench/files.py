@@ -7,13 +7,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CacheError, ShardError
 
 __all__ = ["atomic_write", "canonical_json", "check_writable", "contained_path", "default_cache_dir",
-           "ensure_writable_dir", "keep_elsewhere", "read_json", "sha256_file", "write_or_keep"]
+           "ensure_writable_dir", "keep_elsewhere", "writing_into", "read_json", "sha256_file", "write_or_keep"]
 
 
 def default_cache_dir() -> Path:
@@ -193,3 +194,25 @@ def keep_elsewhere(write: Callable[[Path], object], name: str) -> Path | None:
             if kept is not None:
                 Path(kept).unlink(missing_ok=True)
     return None
+
+
+#: ``errno`` values of a write refused for lack of room or a file system that turned read-only.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+@contextmanager
+def writing_into(folder: str | os.PathLike, what: str, kept: str) -> Iterator[None]:
+    """Turn a write into ``folder`` that fails for lack of room (or a read-only file system) into one
+    line naming the folder, the file and what was kept (``kept``), instead of a traceback.
+
+    Raises:
+        CacheError: for those failures; other errors pass through.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL_OR_READ_ONLY:
+            raise
+        file = f" {str(e.filename)!r}" if e.filename else ""
+        raise CacheError(f"could not write{file} ({e.strerror}) while writing {what} {str(folder)!r}; {kept}") from e
+

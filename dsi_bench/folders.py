@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .classes import ClassList
 from .compat import reject_unknown, renamed
-from .files import atomic_write, ensure_writable_dir
+from .files import atomic_write, ensure_writable_dir, writing_into
 from .images import check_image_options, encode_image
 from .locks import folder_lock
 from .pipeline import PipelineSpec, check_model
@@ -91,7 +91,9 @@ def generate_folder(
     created: list[Path] = [] if Path(out).exists() else [Path(out)]
     out = ensure_writable_dir(out, "output folder")
     try:
-        with folder_lock(out, "output folder"):  # released (its file removed) before the clean-up below
+        with folder_lock(out, "output folder"), writing_into(out, "output folder", "the images written so far are "
+                                                             "kept: free some space and rerun to resume"):
+            # the lock is released (its file removed) before the clean-up below
             synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
             return _generate_shifts(out, shift_objs, synth, spec, indices, per_class, seed, image_format, quality,
                                     progress, created)

@@ -298,3 +298,52 @@ def test_counts_that_cannot_be_planned_are_refused_before_allocating(tmp_path, t
         finally:
             tracemalloc.stop()
     assert not (tmp_path / "out").exists()
+
+
+def test_clip_filter_refuses_an_unwritable_output_before_scoring(tmp_path, classes, monkeypatch):
+    import dsi_bench.clip_metric as clip_metric
+    from dsi_bench.convert import convert_release
+    from dsi_bench.testing import FAKE_WNIDS, make_fake_release
+
+    release = make_fake_release(tmp_path / "rel", wnids=FAKE_WNIDS[:1], per_class=1, size=8)
+    shards = tmp_path / "shards"
+    convert_release(release, shards, class_list=classes, classes="0", missing="skip", progress=False)
+    monkeypatch.setattr(clip_metric, "_score_items", lambda *a, **k: pytest.fail("scored before checking"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(CacheError, match="masks file .*taken.* is a folder"):
+        clip_metric.clip_filter_shards(shards, masks_out=tmp_path / "taken", progress=False)
+
+
+def test_learn_tokens_refuses_an_out_it_cannot_write_before_loading(tmp_path):
+    from dsi_bench.learn import learn_tokens
+
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(CacheError, match="folder of the token bank .*file.* is not writable"):
+        learn_tokens(tmp_path / "no-data", generator=tmp_path / "no-model", out=tmp_path / "file" / "bank.safetensors")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_build_that_fills_the_disk_stops_in_one_line_and_keeps_its_shards(tmp_path, tiny_spec, tiny_tokens,
+                                                                            monkeypatch, capsys):
+    import dsi_bench.build as build
+
+    real, calls = build.atomic_write, []
+
+    def atomic_write(path, data):  # the second shard's record finds the disk full
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(build, "atomic_write", atomic_write)
+    out = tmp_path / "out"
+    args = {**TINY, "per_class": 2, "samples_per_shard": 1}
+    with pytest.raises(CacheError) as e:
+        build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **args)
+    message = str(e.value)
+    assert "No space left on device" in message and repr(str(out)) in message and str(calls[2]) in message
+    assert "rerun the same command to resume" in message
+    assert (out / "base" / "base-000000.tar").is_file() and not (out / FOLDER_LOCK).exists()
+    monkeypatch.setattr(build, "atomic_write", real)
+    summary = build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **args)
+    assert summary.complete and (summary.shards_skipped, summary.shards_built) == (1, 1)
