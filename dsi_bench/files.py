@@ -109,7 +109,7 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
             raise NotADirectoryError(errno.ENOTDIR, f"{str(base)!r} is a file")
         _probe(base)
     except OSError as e:
-        raise CacheError(f"{what} {str(path)!r} cannot be written ({e.strerror or e} in {str(base)!r}); choose "
+        raise CacheError(f"{what} {str(path)!r} is not writable ({e.strerror or e} in {str(base)!r}); choose "
                          "another location or fix its permissions") from e
     return path
 

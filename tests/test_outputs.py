@@ -164,7 +164,7 @@ def test_eval_refuses_an_output_under_a_file_before_the_model_loads(tmp_path, ca
     (tmp_path / "file").write_text("x")
     assert _eval(tmp_path, "--results", str(tmp_path / "file" / "r.json")) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot be written" in err and "r.json" in err
+    assert len(err.splitlines()) == 1 and "is not writable" in err and "r.json" in err
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
@@ -176,7 +176,7 @@ def test_eval_refuses_a_read_only_folder_before_the_model_loads(tmp_path, capsys
         assert _eval(tmp_path, "--predictions", str(ro / "p.csv")) == 2
     finally:
         ro.chmod(0o755)
-    assert "cannot be written" in capsys.readouterr().err
+    assert "is not writable" in capsys.readouterr().err
 
 
 def test_library_evaluate_checks_its_predictions_path_before_the_model_loads(tmp_path, no_model):

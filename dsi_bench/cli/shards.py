@@ -22,7 +22,7 @@ def check_out_folder(args) -> None:
     """Refuse an ``--out`` folder that cannot be written before any model loads."""
     from ..files import check_writable
 
-    check_writable(args.out, "--out", folder=True)
+    check_writable(args.out, "output folder", folder=True)
 
 
 def print_manifest_table(summary) -> None:
