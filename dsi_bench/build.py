@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OptionalDependencyError, ShardError, SpecError
-from .files import atomic_write, canonical_json, ensure_writable_dir, sha256_file
+from .files import atomic_write, canonical_json, check_writable, ensure_writable_dir, sha256_file, writing_into
 from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
 from .version import __version__
 
@@ -350,9 +350,26 @@ def run_job(
     out = ensure_writable_dir(out, "output folder")
     threads = torch.get_num_threads()  # a CPU job pins its plan's thread count; give the caller theirs back
     try:
-        return _run_job(job, out, engine, devices, address, gpus_per_task, overwrite, progress)
+        with _folder_lock(out, engine), writing_into(out, "output folder", "the shards finished so far are kept: "
+                                                      "free some space and rerun the same command to resume"):
+            return _run_job(job, out, engine, devices, address, gpus_per_task, overwrite, progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def _folder_lock(out: Path, engine: str):
+    """This run's hold on ``out``: another build or convert of the folder is refused while it lasts.
+
+    The process that runs the job holds it (its ``devices`` workers and Ray tasks write under it);
+    under torchrun, rank 0 holds it for the job, as the other ranks only add shards of the same plan.
+    """
+    from contextlib import nullcontext
+
+    from .locks import folder_lock
+
+    if engine == "torchrun" and not _torchrun_world().main:
+        return nullcontext()
+    return folder_lock(out, "output folder")
 
 
 def _run_job(job, out: Path, engine, devices, address, gpus_per_task, overwrite, progress) -> BuildSummary:
@@ -634,12 +651,11 @@ def build_shards(
     from .shifts import get_shift
     from .synthesis import Synthesizer
     from .tokens import tokens_class_list
-    from .validate import check_finite_float, check_positive_int
+    from .validate import check_finite_float, check_positive_int, check_sample_counts
 
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="build_shards: ") or PipelineSpec()
     reject_unknown(deprecated_names, "build_shards")
     check_image_options(image_format, quality)
-    check_positive_int(per_class, "per_class", example=50)
     check_positive_int(samples_per_shard, "samples_per_shard", example=1000)
     check_positive_int(cpu_threads, "cpu_threads", optional=cpu_threads is None)
     check_finite_float(gpus_per_task, "gpus_per_task", low=0, example=1, optional=True)
@@ -652,6 +668,8 @@ def build_shards(
     shift_objs = [get_shift(s) for s in shifts]
     if len({s.id for s in shift_objs}) != len(shift_objs):
         raise SpecError(f"shifts {[s.id for s in shift_objs]} name the same shift twice")
+    check_sample_counts(per_class, len(indices), len(shift_objs))
+    check_writable(out, "output folder", folder=True)
     synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir=cache_dir if cache_dir else False)
     if spec.device_type == "cpu" and cpu_threads is None:
         cpu_threads = _recorded_threads(Path(out)) or torch.get_num_threads()

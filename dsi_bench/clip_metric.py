@@ -44,6 +44,7 @@ import numpy as np
 
 from .compat import reject_unknown, renamed
 from .errors import ModelLoadError, OfflineError, SpecError, TokenBankError
+from .files import check_writable
 from .memo import Memo
 from .validate import check_finite_float
 
@@ -532,6 +533,9 @@ def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, rule: str = DEFAULT_RU
     _check_tokens_for_rule(rule, bank)
     shardset = ShardSet(root)
     shift_ids = list(shifts) if shifts else shardset.shifts
+    local = Path(str(root))
+    scores_path = check_writable(scores_out or local / "clip_scores.npz", "scores file")  # before scoring
+    masks_path = check_writable(masks_out or local / "clip_masks.npz", "masks file")
 
     resolved: dict[str, object] = {}
 
@@ -572,9 +576,6 @@ def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, rule: str = DEFAULT_RU
     for s, k in zip(scored["shifts"], keep.tolist()):
         a, n = kept.get(s, (0, 0))
         kept[s] = (a + int(k), n + 1)
-    local = Path(str(root))
-    scores_path = Path(scores_out) if scores_out else local / "clip_scores.npz"
-    masks_path = Path(masks_out) if masks_out else local / "clip_masks.npz"
     settings = {"model": clip, "text": scored["text"], "rule": rule, **CLIP_RULES[rule],
                 "keep": "object_score >= object_threshold and (base or shift_score >= shift_threshold)",
                 "thresholds": limits.to_dict(), "object_threshold": limits.object, "dtype": str(dtype),
@@ -796,6 +797,9 @@ def calibrate_thresholds(root, masks, *, shifts=None, classes=None, class_list=N
         raise SpecError("the token-gain rule scores learned tokens: pass tokens= (--tokens tokens.zip)")
     class_list = class_list or imagenet_classes()
     indices = None if classes is None else class_list.resolve(classes)
+    for path, what in ((out, "calibration file"), (scores_out, "scores file")):
+        if path is not None:
+            check_writable(path, what)  # before scoring
     if shifts:
         shift_ids = [get_shift(s).id for s in shifts]
     else:

@@ -13,6 +13,7 @@ __all__ = [
     "CacheError",
     "ClassSpecError",
     "DsiBenchError",
+    "LockError",
     "MaskError",
     "ModelLoadError",
     "OfflineError",
@@ -57,6 +58,10 @@ class OfflineError(DsiBenchError):
 
 class CacheError(DsiBenchError):
     """A cache or output folder that cannot be written."""
+
+
+class LockError(CacheError):
+    """An output folder or file that another run is writing (its lock names the holder)."""
 
 
 class OptionalDependencyError(DsiBenchError, ImportError):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .errors import DsiBenchError, SpecError
+from .errors import CacheError, DsiBenchError, SpecError
 from .models import ClassMap, LoadedModel, load_model
 from .results import Results, ShiftPredictions, build_results
 
@@ -284,6 +284,7 @@ def evaluate(
     from .compat import deprecated, reject_unknown, renamed
     from .datasets import ShiftedDataset, argument_defaults, label_space
     from .dist import World, init_process_group
+    from .files import check_writable
     from .pipeline import resolve_device
     from .results import RunConfig
     from .validate import check_non_negative_int, check_positive_int
@@ -305,6 +306,8 @@ def evaluate(
     check_positive_int(batch_size, "batch_size", example=64)
     if num_workers is not None:
         check_non_negative_int(num_workers, "num_workers")
+    if predictions is not None:
+        check_writable(predictions, "predictions file")  # before the model loads, not after the last batch
     defaults = argument_defaults()
     source, root = args.get("source", defaults["source"]), args.get("root")
     loaded: LoadedModel = load_model(classifier, weights, transform)
@@ -405,8 +408,19 @@ def evaluate(
     results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
                             label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k)
     if predictions is not None and rank0:
-        write_predictions(preds, predictions)
+        _write_predictions_keeping(preds, predictions, results)
     return results
+
+
+def _write_predictions_keeping(preds: dict[str, ShiftPredictions], path, results: Results) -> None:
+    """Write the predictions; when that fails, keep them and the results elsewhere and say where."""
+    from .files import atomic_write, keep_elsewhere, write_or_keep
+
+    try:
+        write_or_keep(path, lambda p: write_predictions(preds, p), "the predictions")
+    except CacheError as e:
+        kept = keep_elsewhere(lambda p: atomic_write(p, results.to_bytes()), "results.json")
+        raise CacheError(f"{e}; the results were " + (f"kept in {str(kept)!r}" if kept else "not kept either")) from e
 
 
 def write_predictions(preds: dict[str, ShiftPredictions], path: str | os.PathLike) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CacheError, ShardError
 
-__all__ = ["atomic_write", "canonical_json", "contained_path", "default_cache_dir", "ensure_writable_dir", "read_json",
-           "sha256_file"]
+__all__ = ["atomic_write", "canonical_json", "check_writable", "contained_path", "default_cache_dir",
+           "ensure_writable_dir", "keep_elsewhere", "writing_into", "read_json", "sha256_file", "write_or_keep"]
 
 
 def default_cache_dir() -> Path:
@@ -68,13 +71,46 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     path = Path(path).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        _probe(path)
     except OSError as e:
         raise CacheError(
             f"{what} {str(path)!r} is not writable ({e.strerror or e}); choose another location or fix its permissions"
         ) from e
+    return path
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (the only reliable test of writability, root included)."""
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written; creates nothing.
+
+    ``path`` is an output file (or, with ``folder``, an output folder): refused when it is a folder
+    (a file), or when the nearest folder that exists on the way to it is not a folder or cannot be
+    written in.
+
+    Raises:
+        CacheError: naming the path, what is wrong and what to do.
+    """
+    path = Path(path).expanduser()
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise CacheError(f"{what} {str(path)!r} is a {'file' if folder else 'folder'}, not a {kind}; "
+                         f"pass the path of a {kind} to write")
+    base = path if path.is_dir() else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        if not base.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{str(base)!r} is a file")
+        _probe(base)
+    except OSError as e:
+        raise CacheError(f"{what} {str(path)!r} is not writable ({e.strerror or e} in {str(base)!r}); choose "
+                         "another location or fix its permissions") from e
     return path
 
 
@@ -121,3 +157,62 @@ def contained_path(root: str | os.PathLike, rel: str, what: str) -> Path:
         raise ShardError(f"{what}: path {text!r} leads outside {str(root)!r} (to {str(path)!r}); refusing to read or "
                          "write it")
     return Path(root) / text
+
+
+def write_or_keep(path: str | os.PathLike, write: Callable[[Path], object], what: str) -> Path:
+    """``write(path)``; when that fails (disk full, a folder made read-only), keep the output elsewhere
+    (:func:`keep_elsewhere`) and raise an error naming both paths, so nothing computed is lost.
+
+    Raises:
+        CacheError: naming ``path``, the cause, and where the output was kept (or that it could not be).
+    """
+    path = Path(path).expanduser()
+    try:
+        write(path)
+        return path
+    except OSError as e:
+        failed = f"could not write {what} to {str(path)!r} ({e.strerror or e})"
+        kept = keep_elsewhere(write, path.name)
+        if kept is None:
+            raise CacheError(f"{failed}, nor to the temporary or cache folder; free some space and rerun") from e
+        raise CacheError(f"{failed}; kept in {str(kept)!r}: copy it from there once that is fixed") from e
+
+
+def keep_elsewhere(write: Callable[[Path], object], name: str) -> Path | None:
+    """Have ``write`` write an output that could not go where asked to a new file named like ``name`` in
+    the temporary folder (else in the cache folder); return that file, or ``None`` when neither took it."""
+    name = Path(name)
+    for folder in (Path(tempfile.gettempdir()) / "dsi-bench-kept", default_cache_dir().parent / "kept"):
+        kept = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, kept = tempfile.mkstemp(prefix=f"{name.stem}.", suffix=name.suffix, dir=folder)
+            os.close(fd)
+            write(Path(kept))
+            return Path(kept)
+        except OSError:
+            if kept is not None:
+                Path(kept).unlink(missing_ok=True)
+    return None
+
+
+#: ``errno`` values of a write refused for lack of room or a file system that turned read-only.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+@contextmanager
+def writing_into(folder: str | os.PathLike, what: str, kept: str) -> Iterator[None]:
+    """Turn a write into ``folder`` that fails for lack of room (or a read-only file system) into one
+    line naming the folder, the file and what was kept (``kept``), instead of a traceback.
+
+    Raises:
+        CacheError: for those failures; other errors pass through.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL_OR_READ_ONLY:
+            raise
+        file = f" {str(e.filename)!r}" if e.filename else ""
+        raise CacheError(f"could not write{file} ({e.strerror}) while writing {what} {str(folder)!r}; {kept}") from e
+

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from .classes import ClassList
 from .compat import reject_unknown, renamed
-from .files import atomic_write, ensure_writable_dir
+from .files import atomic_write, ensure_writable_dir, writing_into
 from .images import check_image_options, encode_image
+from .locks import folder_lock
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
 from .tokens import TokenBank, tokens_class_list
-from .validate import check_positive_int
+from .validate import check_sample_counts
 
 __all__ = ["generate_folder"]
 
@@ -82,17 +83,20 @@ def generate_folder(
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="generate_folder: ") or PipelineSpec()
     reject_unknown(deprecated_names, "generate_folder")
     check_image_options(image_format, quality)
-    check_positive_int(per_class, "per_class", example=50)
     shift_objs = [get_shift(s) for s in shifts]
     check_model(spec.model)
     class_list = tokens_class_list(tokens, class_list)
     indices = class_list.resolve(classes)
+    check_sample_counts(per_class, len(indices), len(shift_objs))
     created: list[Path] = [] if Path(out).exists() else [Path(out)]
     out = ensure_writable_dir(out, "output folder")
     try:
-        synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
-        return _generate_shifts(out, shift_objs, synth, spec, indices, per_class, seed, image_format, quality,
-                                progress, created)
+        with folder_lock(out, "output folder"), writing_into(out, "output folder", "the images written so far are "
+                                                             "kept: free some space and rerun to resume"):
+            # the lock is released (its file removed) before the clean-up below
+            synth = Synthesizer.open(spec, tokens, class_list, indices, cache_dir)
+            return _generate_shifts(out, shift_objs, synth, spec, indices, per_class, seed, image_format, quality,
+                                    progress, created)
     except BaseException:
         _remove_if_empty(created)  # a run that failed before writing an image leaves nothing behind
         raise

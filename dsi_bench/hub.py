@@ -329,6 +329,9 @@ def publish(shards_dir, repo: str, *, dataset_format: str = "webdataset", privat
     reject_unknown(deprecated_names, "publish")
     check_repo_id(repo)
     if dry_run is not None:
+        from .files import check_writable
+
+        check_writable(dry_run, "dry-run folder", folder=True)  # before the shards are verified (minutes)
         result = export_dataset(shards_dir, dry_run, dataset_format=fmt, repo=repo, license_id=license_id)
         return {**result, "uploaded": False}
     from huggingface_hub import HfApi

@@ -821,8 +821,15 @@ def learn_tokens(
                                      eval_draws=eval_draws, allow_high_resolution=allow_high_resolution)
     spec = (pipeline or PipelineSpec()).replace(model=None if generator is None else os.fspath(generator),
                                                 device=device, dtype=dtype)
-    return TokenTrainer(data, config, spec, classes=classes, out=out, max_steps_this_run=max_steps_this_run,
-                        progress=progress, overwrite=overwrite).run()
+    from contextlib import nullcontext
+
+    from .dist import World
+    from .locks import file_lock
+
+    world = World.from_env()  # under torchrun each rank holds the bank it writes
+    with file_lock(_rank_path(Path(out), world.rank, world.world_size), "token bank") if out else nullcontext():
+        return TokenTrainer(data, config, spec, classes=classes, out=out, max_steps_this_run=max_steps_this_run,
+                            progress=progress, overwrite=overwrite).run()
 
 
 def _check_continuable(path: Path | None, class_ids: list[int]) -> None:

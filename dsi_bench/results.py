@@ -326,9 +326,18 @@ class Results:
         return self.data.get("run")
 
     def save(self, path: str | os.PathLike) -> Path:
-        from .files import atomic_write
+        """Write the results atomically; a write that fails (disk full) keeps them elsewhere.
 
-        return atomic_write(path, (json.dumps(self.data, indent=1) + "\n").encode())
+        Raises:
+            CacheError: naming ``path`` and where the results were kept (see :func:`~dsi_bench.files.write_or_keep`).
+        """
+        from .files import atomic_write, write_or_keep
+
+        return write_or_keep(path, lambda p: atomic_write(p, self.to_bytes()), "the results")
+
+    def to_bytes(self) -> bytes:
+        """The results file's bytes (indented JSON)."""
+        return (json.dumps(self.data, indent=1) + "\n").encode()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Results:

@@ -11,8 +11,15 @@ from collections.abc import Iterable
 
 from .errors import SpecError, close_matches
 
-__all__ = ["check_choice", "check_finite_float", "check_int_range", "check_non_negative_int", "check_positive_int",
-           "is_int"]
+__all__ = ["MAX_PER_CLASS", "MAX_SAMPLES", "check_choice", "check_finite_float", "check_int_range",
+           "check_non_negative_int", "check_positive_int", "check_sample_counts", "is_int"]
+
+
+#: The most samples per class that ``generate`` and ``build`` make (keys number them from 0).
+MAX_PER_CLASS = 10**6
+#: The most samples one ``generate``/``build`` run plans (shifts x classes x per class): the plan
+#: holds one request per sample in memory (about 150 bytes each).
+MAX_SAMPLES = 10**7
 
 
 def is_int(value) -> bool:
@@ -89,3 +96,22 @@ def check_finite_float(value, name: str, *, low: float | None = None, above: flo
         tail = f", e.g. {example:g}" if example is not None else ""
         raise error(f"{name}={value!r} must be a finite number{bounds}{tail}")
     return float(value)
+
+
+def check_sample_counts(per_class, classes: int, shifts: int) -> int:
+    """``per_class`` if it is a positive int within :data:`MAX_PER_CLASS` and the run's total
+    (``shifts * classes * per_class``) within :data:`MAX_SAMPLES`; checked before anything is allocated.
+
+    Raises:
+        SpecError: naming the count, the limit and the fix.
+    """
+    check_positive_int(per_class, "per_class", example=50)
+    if per_class > MAX_PER_CLASS:
+        raise SpecError(f"per_class={per_class} is more than the {MAX_PER_CLASS} samples per class a run can make; "
+                        "ask for fewer")
+    total = per_class * classes * shifts
+    if total > MAX_SAMPLES:
+        raise SpecError(f"{shifts} shift(s) x {classes} class(es) x per_class={per_class} = {total} samples is more "
+                        f"than the {MAX_SAMPLES} one run can plan; split it into several runs (fewer classes or "
+                        "shifts each, into separate output folders)")
+    return per_class

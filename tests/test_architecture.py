@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsi_bench"
 #: modules of its own layer or below, never above.
 LAYERS = [
     ("foundation", {"version", "errors", "compat", "validate", "files", "memo", "dist", "layout", "images", "devices",
-                    "online"}),
+                    "online", "locks"}),
     ("vocabulary", {"shifts", "classes"}),
     ("models and statistics", {"tokens", "pipeline", "cache", "masks", "metrics"}),
     ("stores", {"synthesis", "shards", "release"}),

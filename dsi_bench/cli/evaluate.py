@@ -37,6 +37,15 @@ def data_from(args) -> dict:
     return {k: v for k, v in data.items() if v is not None}
 
 
+def check_outputs(args) -> None:
+    """Refuse ``--results``/``--predictions`` paths that cannot be written, before any work."""
+    from ..files import check_writable
+
+    for flag in ("results", "predictions"):
+        if getattr(args, flag, None):
+            check_writable(getattr(args, flag), f"--{flag}")
+
+
 def report_results(results, path) -> int:
     from ..dist import World
 
@@ -101,6 +110,10 @@ class Eval(Command):
         self.generation_defaults = {"generator": DEFAULT_MODEL, "tokens": "imagenet-star", "steps": None, "seed": 0,
                                     "device": None}
 
+    def check(self, args) -> None:
+        super().check(args)
+        check_outputs(args)
+
     def run(self, args) -> int:
         from ..errors import SpecError
         from ..evaluate import evaluate
@@ -159,6 +172,10 @@ class Score(Command):
                        help="shards: skip checking each shard's sha256 against the manifest (for data checked already "
                             "with `dsi-bench verify`); recorded in the results")
         p.add_argument("--results", default=None, help="write the results JSON here")
+
+    def check(self, args) -> None:
+        super().check(args)
+        check_outputs(args)
 
     def run(self, args) -> int:
         from ..errors import SpecError

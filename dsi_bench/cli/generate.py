@@ -15,6 +15,7 @@ from .common import (
     shifts_from,
     tokens_value,
 )
+from .shards import check_out_folder
 
 
 class Shifts(Command):
@@ -74,6 +75,10 @@ class Generate(Command):
         p.add_argument("--out", required=True, help="output folder")
         add_quiet(p)
         add_pipeline(p)
+
+    def check(self, args) -> None:
+        super().check(args)
+        check_out_folder(args)
 
     def run(self, args) -> int:
         from ..folders import generate_folder

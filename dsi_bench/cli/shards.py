@@ -19,6 +19,13 @@ from .common import (
 )
 
 
+def check_out_folder(args) -> None:
+    """Refuse an ``--out`` folder that cannot be written before any model loads."""
+    from ..files import check_writable
+
+    check_writable(args.out, "output folder", folder=True)
+
+
 def print_manifest_table(summary) -> None:
     rows = summary.rows()
     w = max([5] + [len(r["shift"]) for r in rows])
@@ -88,6 +95,7 @@ class Build(Command):
     def check(self, args) -> None:
         # Ray tasks run on the cluster's machines: their devices are not this one's to check
         resolve_devices(args, check=args.engine != "ray")
+        check_out_folder(args)
 
     def run(self, args) -> int:
         from ..build import build_shards
@@ -157,6 +165,10 @@ class Convert(Command):
                        help="files missing from the release: stop (default) or convert the rest")
         add_shard_layout(p)
         add_quiet(p)
+
+    def check(self, args) -> None:
+        super().check(args)
+        check_out_folder(args)
 
     def run(self, args) -> int:
         from ..convert import convert_release
