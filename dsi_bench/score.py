@@ -7,7 +7,8 @@ or for the release ``{shift}/{wordnet_id}/{file}`` (``in_the_snow/n01440764/07.j
 name the same sample. Labels and predictions are class indices or WordNet ids of the label space;
 a value outside it is refused by line (``-1`` only pads a ``top5``, as ``eval`` writes for a model
 with fewer than 5 outputs). The file is UTF-8 (a byte-order mark is accepted); it is read as a
-stream into compact arrays (about 40 bytes per row), so millions of rows fit in little memory.
+stream into compact arrays (about 35 bytes per row kept, about 105 at the peak of scoring without a
+source: ``benchmarks/bench_score.py``), so millions of rows fit in little memory.
 Against a source (``source=``, ``root=``), labels come from the source,
 and keys that are unknown, duplicated, or missing are reported by name; predictions for samples
 the masks remove are ignored (and counted). Without a source, labels come from the ``label`` column
@@ -18,7 +19,6 @@ it covers. Top-5 is reported only when every row has a ``top5``. The metrics are
 :func:`~dsi_bench.evaluate.evaluate`, so a file written by ``eval --predictions`` scores to the
 same numbers.
 """
-
 
 from __future__ import annotations
 
