@@ -323,7 +323,8 @@ _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: ClassList) -> list[int]:
     """Class indices from a spec, in the order given, without duplicates.
 
-    Accepts ``None``/``"all"`` (every class), an int, a list of ints/names, or a string
+    Accepts ``None``/``"all"`` (every class; an empty string selects nothing and is refused), an int,
+    a list of ints/names, or a string
     such as ``"0-9,207"``, ``"goldfish,n01440764"`` (names, WordNet ids and aliases such as
     torchvision's ImageNet names resolve too, see :meth:`ClassList.index_of`; a name two classes
     share is refused).
@@ -332,7 +333,7 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
         ClassSpecError: unknown names, indices out of range, or an empty selection.
     """
     n = len(classes)
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("all", "*", "")):
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("all", "*")):
         return list(range(n))
     if isinstance(spec, int):
         items: list[int | str] = [spec]
@@ -363,5 +364,6 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
             if i not in out:
                 out.append(i)
     if not out:
-        raise ClassSpecError(f"class selection {spec!r} is empty; e.g. '0-9,207' or 'all'")
+        raise ClassSpecError(f"class selection {spec!r} is empty; name classes (e.g. '0-9,207') or pass 'all' for "
+                             "every class")
     return out

@@ -12,6 +12,7 @@ predictions are gathered and every rank computes the same results, equal to one 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -359,7 +360,8 @@ def evaluate(
             keys: list[str] = []
             labels, tops = [], []
             with torch.inference_mode(), tqdm(total=len(expected), desc=shift_id, unit="img",
-                                              disable=not (progress and rank0), dynamic_ncols=True) as bar:
+                                              disable=not (progress and rank0), dynamic_ncols=True) as bar, \
+                    _worker_errors_unwrapped():
                 for x, y, k in loader:
                     x = x.to(device, non_blocking=is_cuda)
                     if channels_last:
@@ -421,6 +423,24 @@ def _write_predictions_keeping(preds: dict[str, ShiftPredictions], path, results
     except CacheError as e:
         kept = keep_elsewhere(lambda p: atomic_write(p, results.to_bytes()), "results.json")
         raise CacheError(f"{e}; the results were " + (f"kept in {str(kept)!r}" if kept else "not kept either")) from e
+
+
+@contextlib.contextmanager
+def _worker_errors_unwrapped():
+    """Re-raise a :class:`DsiBenchError` from a ``DataLoader`` worker as the worker raised it.
+
+    torch re-raises a worker's exception as the same type with its whole traceback as the message
+    (``Caught ShardError in DataLoader worker process 0. Original Traceback ...``); the message the
+    worker's error had is the text after the traceback's last ``module.Type: ``.
+    """
+    try:
+        yield
+    except DsiBenchError as e:
+        text, prefix = str(e), f"{type(e).__module__}.{type(e).__qualname__}: "
+        at = text.rfind(prefix)
+        if not (text.startswith("Caught ") and "Original Traceback" in text and at >= 0):
+            raise
+        raise type(e)(text[at + len(prefix):].rstrip("\n")) from e
 
 
 def write_predictions(preds: dict[str, ShiftPredictions], path: str | os.PathLike) -> None:

@@ -1,7 +1,8 @@
 """Names on disk that writers and readers share: sample keys, the shard folder layout, the manifest.
 
-Sample keys are ``{shift}/{class:04d}/{index:02d}`` in every source; a shifted sample's unshifted
-*twin* is the same key under ``base``. A shard folder is::
+Sample keys are ``{shift}/{class:04d}/{index:02d}`` in every source (minimum widths: class 12345
+and sample 100 are ``base/12345/100``; :func:`parse_key` reads back exactly what :func:`sample_key`
+writes, for any width); a shifted sample's unshifted *twin* is the same key under ``base``. A shard folder is::
 
     DIR/manifest.json                         plan + one record per shard (sha256, bytes, samples)
     DIR/{shift_id}/{shift_id}-{k:06d}.tar     WebDataset shards
@@ -11,6 +12,8 @@ and each sample in a shard is ``{key}.{jpg|png}``, ``{key}.cls`` and ``{key}.jso
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DATASET_FORMATS",
     "MANIFEST",
@@ -18,6 +21,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "key_class",
     "key_index",
+    "parse_key",
     "sample_key",
     "shard_path",
     "split_member",
@@ -35,6 +39,22 @@ MANIFEST_VERSION = 1
 def sample_key(shift_id: str, class_index: int, index: int) -> str:
     """The stable key of a sample: ``{shift_id}/{class_index:04d}/{index:02d}``."""
     return f"{shift_id}/{class_index:04d}/{index:02d}"
+
+
+_KEY = re.compile(r"([^/]+)/(\d{4,})/(\d{2,})")
+
+
+def parse_key(key: str) -> tuple[str, int, int] | None:
+    """``(shift_id, class_index, index)`` of a key exactly as :func:`sample_key` writes it, else ``None``.
+
+    Any width round-trips (``"base/0000/100"`` -> ``("base", 0, 100)``); a key that :func:`sample_key`
+    would write otherwise (``"base/0000/007"``, ``"base/7/07"``) is not a sample key.
+    """
+    m = _KEY.fullmatch(key)
+    if m is None:
+        return None
+    shift_id, class_index, index = m.group(1), int(m.group(2)), int(m.group(3))
+    return (shift_id, class_index, index) if sample_key(shift_id, class_index, index) == key else None
 
 
 def key_class(key: str) -> int:

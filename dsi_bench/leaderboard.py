@@ -10,6 +10,10 @@ in full, and every group but the largest is flagged. Equal means share a rank.
 Results files are read through :meth:`~dsi_bench.results.Results.load` (older schema versions
 are upgraded; unreadable ones are refused by name).
 
+Text cells of the CSV that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``
+or ``@``: a model named ``=HYPERLINK(...)``) are written with a leading ``'``. Results files whose
+fields the tables read are missing or of another type are refused by name.
+
 Plots (PNG, matplotlib), per group: per result, the per-shift metric with 95% intervals (one file
 per result, also when model names repeat); a models x shifts heatmap; and an effective-robustness
 scatter (base vs mean shifted top-1 on logit axes, with a least-squares line across models, also in
@@ -63,6 +67,55 @@ def load_results(source) -> list[tuple[str, Results]]:
     if not loaded:
         raise SpecError(f"no dsi-bench results files in {source!r}; write them with `dsi-bench eval --results F.json`")
     return loaded
+
+
+def _number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_fields(path: str, r: Results, metric: Metric) -> None:
+    """Refuse a results file (hand-edited, truncated) whose fields the leaderboard reads have another shape.
+
+    Raises:
+        SpecError: naming the file and the first field that is missing or of the wrong type.
+    """
+    doc = r.data
+    model, summary, shifts = doc.get("model"), doc.get("summary"), doc.get("shifts")
+    metrics = summary.get("metrics") if isinstance(summary, dict) else None
+    ranked = metrics.get(metric.name) if isinstance(metrics, dict) else None
+    checks = [
+        (isinstance(model, dict) and isinstance(model.get("name"), str), "model.name must be text"),
+        (isinstance(doc.get("data"), dict), "data must be an object"),
+        (doc.get("run") is None or isinstance(doc.get("run"), dict), "run must be an object or null"),
+        (isinstance(shifts, dict) and all(isinstance(v, dict) for v in shifts.values()),
+         "shifts must map shift ids to objects"),
+        (isinstance(ranked, dict), f"summary.metrics.{metric.name} must be an object"),
+        (isinstance(summary, dict) and _number(summary.get("base_top1")) and _number(summary.get("mean_top1")),
+         "summary.base_top1 and summary.mean_top1 must be numbers or null"),
+    ]
+    if isinstance(ranked, dict):
+        checks += [(_number(ranked.get("mean")) and _number(ranked.get("worst")), f"summary.metrics.{metric.name}: "
+                    "mean and worst must be numbers or null"),
+                   (ranked.get("worst_shift") is None or isinstance(ranked.get("worst_shift"), str),
+                    f"summary.metrics.{metric.name}.worst_shift must be text or null")]
+    for shift, values in (shifts.items() if isinstance(shifts, dict) else ()):
+        ci = values.get(metric.interval) if metric.interval and isinstance(values, dict) else None
+        checks += [(isinstance(values, dict) and _number(values.get(metric.name)),
+                    f"shifts.{shift}.{metric.name} must be a number or null"),
+                   (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci)),
+                    f"shifts.{shift}.{metric.interval} must be a [low, high] pair")]
+    wrong = next((what for ok, what in checks if not ok), None)
+    if wrong:
+        raise SpecError(f"results file {path!r} cannot be ranked: {wrong}; write it again with dsi-bench eval or "
+                        "score (--results), or remove it from the folder")
+
+
+def _csv_cell(value):
+    """A CSV cell a spreadsheet shows as text: text starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return (a formula there) gets a leading ``'``; numbers are written as they are."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
 
 
 def _slug(text: str) -> str:
@@ -145,6 +198,8 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
 
     metric = METRICS[check_choice(sort, "metric to sort by", rankable_metrics())]
     loaded = load_results(results)
+    for path, r in loaded:
+        _check_fields(path, r, metric)
     out = ensure_writable_dir(out, "leaderboard folder")
     groups = _groups(loaded, metric)
     all_shifts = list(dict.fromkeys(s for _, r in loaded for s in r.shifts))
@@ -161,7 +216,7 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
     name = metric.name
     header = ["group", "rank", "model", f"mean_{name}", f"base_{name}", "worst_shift", f"worst_{name}",
               "shifts_evaluated", *shifts, "data_fingerprint", "masks", "decode", "file"]
-    writer.writerow(header)
+    writer.writerow(header)  # shift ids and metric names: our own identifiers
     html_tables = []
     plot_names = _plot_names(groups) if plots else {}
     group_plots: list[list[Path]] = []
@@ -185,9 +240,10 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
             md.append("| " + " | ".join([_rank(r["rank"]), r["model"].replace("|", "\\|"), _cell(metric, r["mean"]),
                                          _cell(metric, r["base"]), worst, *[_cell(metric, r[s]) for s in shown]])
                       + " |")
-            writer.writerow([gi + 1, r["rank"], r["model"], r["mean"], r["base"], r["worst_shift"],
-                             r["worst"], r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, about["masks"],
-                             about["decode"], r["file"]])
+            writer.writerow([_csv_cell(v) for v in (
+                gi + 1, r["rank"], r["model"], r["mean"], r["base"], r["worst_shift"], r["worst"],
+                r["shifts_evaluated"], *[r[s] for s in shifts], fingerprint, about["masks"], about["decode"],
+                r["file"])])
         md.append("")
         written = _plots(group, shifts, out / "plots", metric, plot_names, gi) if plots else []
         group_plots.append(written)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,15 +281,37 @@ def _hf_logits_module(model):
     return HFLogits(model)
 
 
+def _refuse_pickled_weights(folder: Path, spec: str) -> None:
+    """Refuse a transformers folder whose weights are only pickles (``pytorch_model.bin``): a pickle can run code.
+
+    Raises:
+        ModelLoadError: naming the folder and how to convert it.
+    """
+    if any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
+        return
+    raise ModelLoadError(f"{spec}: {str(folder)!r} holds its weights only as pickled .bin files, which dsi-bench does "
+                         "not load (a pickle can run code); it needs model.safetensors: convert it where you trust "
+                         "the file (transformers: AutoModelForImageClassification.from_pretrained(DIR)"
+                         ".save_pretrained(DIR, safe_serialization=True))")
+
+
 @register_model_kind("hf", "hf:ORG/NAME", "transformers image classifiers (Hub id or hf:/local/folder) with their "
                      "image processor")
 def _load_hf(name: str, weights: str | None, spec: str) -> LoadedModel:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     kwargs = {"revision": weights} if weights and weights != "DEFAULT" else {}
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        _refuse_pickled_weights(folder, spec)
+        kwargs["use_safetensors"] = True  # never unpickle a user's folder
     try:
         model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
         processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+    except pickle.UnpicklingError as e:  # a Hub model with pickled weights that torch will not load safely
+        raise ModelLoadError(f"{spec}: its pickled weights cannot be read safely ({str(e).splitlines()[0][:120]}); "
+                             "dsi-bench needs model.safetensors: use a revision or copy of the model that has it") \
+            from e
     except OSError as e:
         if Path(name).expanduser().exists():
             raise ModelLoadError(f"{str(name)!r} is not a transformers image classifier folder ({str(e)[:200]})") \

@@ -13,6 +13,7 @@ import textwrap
 
 __all__ = ["DEVICE_OPTIONS", "Command", "Parser", "add_device", "add_pipeline", "add_quiet", "add_samples",
            "add_shifts", "class_list_from", "deprecated_flag", "example", "finite_float", "masks_value",
+           "non_negative_int",
            "pipeline_from", "resolve_devices", "shifts_from",
            "tokens_value"]
 
@@ -31,6 +32,17 @@ class Parser(argparse.ArgumentParser):
 
 def formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a count that may be 0 (``--num-workers``), refused at parse time otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def example(text: str) -> str:

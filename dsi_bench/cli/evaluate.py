@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .common import Command, add_device, add_quiet, add_shifts, deprecated_flag, masks_value, shifts_from, tokens_value
+from .common import (
+    Command,
+    add_device,
+    add_quiet,
+    add_shifts,
+    deprecated_flag,
+    masks_value,
+    non_negative_int,
+    shifts_from,
+    tokens_value,
+)
 
 
 def add_data(p, *, sources=None, required_source: bool = True) -> None:
@@ -85,8 +95,9 @@ class Eval(Command):
                        help="JSON list: the label index, WordNet id or name of each output")
         p.add_argument("--restrict", action="store_true", help="predict only among the evaluated classes")
         p.add_argument("--batch-size", type=int, default=64, help="classifier batch size (default: 64)")
-        p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: up to 4)")
-        deprecated_flag(p, "--workers", "--num-workers", "num_workers", type=int)
+        p.add_argument("--num-workers", type=non_negative_int, default=None,
+                       help="DataLoader workers, 0 = read in the main process (default: up to 4)")
+        deprecated_flag(p, "--workers", "--num-workers", "num_workers", type=non_negative_int)
         add_device(p, "the classifier")
         p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
         p.add_argument("--fast-decode", action="store_true",
