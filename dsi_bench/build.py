@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import OptionalDependencyError, ShardError, SpecError
 from .files import atomic_write, canonical_json, check_writable, ensure_writable_dir, sha256_file, writing_into
-from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, shard_path
+from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, plan_digest, shard_path
 from .version import __version__
 
 __all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "run_job"]
@@ -73,7 +73,7 @@ class ShardJob:
 
     @property
     def plan_hash(self) -> str:
-        return hashlib.sha256(canonical_json(self.plan)).hexdigest()
+        return plan_digest(self.plan)
 
     def tasks(self) -> list[ShardTask]:
         raise NotImplementedError

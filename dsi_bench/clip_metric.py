@@ -562,8 +562,9 @@ def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, rule: str = DEFAULT_RU
                     token = None
                     if bank is not None:
                         token = meta.get("token") or (bank.token_for(c) if c is not None and c in bank else None)
-                    data = _image_member(sample)[1]
-                    yield sample["__key__"], shift_of(shift_id, meta), (lambda d=data: decode_image(d)), name, token
+                    ext, data = _image_member(sample)
+                    yield (sample["__key__"], shift_of(shift_id, meta), (lambda d=data, e=ext: decode_image(d, ext=e)),
+                           name, token)
 
     total = sum(r["samples"] for r in shardset.records if r["shift"] in shift_ids)
     scorer_args = dict(clip=clip, tokens=bank, use_tokens=use_tokens, device=device, dtype=dtype,

@@ -12,6 +12,7 @@ and each sample in a shard is ``{key}.{jpg|png}``, ``{key}.cls`` and ``{key}.jso
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "key_class",
     "key_index",
     "parse_key",
+    "plan_digest",
     "sample_key",
     "shard_path",
     "split_member",
@@ -70,6 +72,13 @@ def key_index(key: str) -> int:
 def twin_key(key: str) -> str:
     """The unshifted twin of a sample: ``in_the_snow/0207/03`` -> ``base/0207/03``."""
     return "base/" + key.split("/", 1)[1]
+
+
+def plan_digest(plan: dict) -> str:
+    """The ``plan_hash`` a manifest records: sha256 of the plan's canonical JSON."""
+    from .files import canonical_json
+
+    return hashlib.sha256(canonical_json(plan)).hexdigest()
 
 
 def shard_path(shift_id: str, k: int) -> str:

@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from .errors import OptionalDependencyError, SpecError
-from .files import atomic_write
+from .files import atomic_write, check_writable
 from .metrics import METRICS, Metric, rankable_metrics
 from .results import Results, describe_data
 
@@ -201,6 +201,8 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
     for path, r in loaded:
         _check_fields(path, r, metric)
     out = ensure_writable_dir(out, "leaderboard folder")
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", *(["plots"] if plots else [])):
+        check_writable(out / name, "leaderboard output", folder=name == "plots")
     groups = _groups(loaded, metric)
     all_shifts = list(dict.fromkeys(s for _, r in loaded for s in r.shifts))
     shifts = (["base"] if "base" in all_shifts else []) + [s for s in all_shifts if s != "base"]

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from .classes import ClassInfo, ClassList
 from .errors import SpecError, TokenBankError
-from .files import atomic_write
+from .files import atomic_write, writing_into
 from .validate import check_choice, check_finite_float, check_non_negative_int, check_positive_int
 
 if TYPE_CHECKING:
@@ -747,8 +747,10 @@ class TokenTrainer:
         tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
         state = st_save(tensors)
         self.state_sha256 = hashlib.sha256(state).hexdigest()
-        self.bank().save(self.bank_path)
-        atomic_write(self.state_path, state)
+        with writing_into(self.bank_path.parent, "the token bank into",
+                          "what was saved before is kept; free space and rerun the same command to resume"):
+            self.bank().save(self.bank_path)
+            atomic_write(self.state_path, state)
         self.saved_state = tensors  # later groups' saves keep this group's final state
 
 

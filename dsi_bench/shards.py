@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ShardError
+from .files import contained_path
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
-from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, key_class, split_member
+from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, key_class, plan_digest, shard_path, split_member
 from .memo import Memo
+from .validate import is_int
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -177,18 +179,74 @@ def _read_manifest(root: _Root) -> dict:
         manifest = json.loads(root.read(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{root.join(MANIFEST)!r} is not valid JSON ({e}); rerun the build to rewrite it") from e
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ShardError(f"{root.join(MANIFEST)!r} is not a dsi-bench shard manifest (format "
-                         f"{manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
-    if int(manifest.get("version", 0)) > MANIFEST_VERSION:
-        raise ShardError(f"{root.join(MANIFEST)!r} has manifest version {manifest['version']}; this dsi-bench "
-                         f"reads up to {MANIFEST_VERSION}: upgrade dsi-bench")
-    from .files import contained_path
-
-    for record in manifest.get("shards", []):  # every shard path stays inside the folder, or nothing is read
-        contained_path(root.local if root.local is not None else Path("/url-root"), str(record.get("path", "")),
-                       f"shard record in {root.join(MANIFEST)!r}")
+    where = root.join(MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardError(f"{where!r} is not a dsi-bench shard manifest (format {found!r}, expected "
+                         f"{MANIFEST_FORMAT!r})")
+    version = manifest.get("version", 0)
+    if not is_int(version):
+        raise ShardError(f"{where!r} is damaged: version {version!r} is not a number; rebuild it")
+    if version > MANIFEST_VERSION:
+        raise ShardError(f"{where!r} has manifest version {version}; this dsi-bench reads up to "
+                         f"{MANIFEST_VERSION}: upgrade dsi-bench")
+    problem = _manifest_problem(manifest, root.local if root.local is not None else Path("/url-root"), where)
+    if problem:
+        raise ShardError(f"{where!r} is damaged or was edited by hand: {problem}; rebuild the shards (or restore "
+                         "the manifest the build wrote)")
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _manifest_problem(manifest: dict, base: Path, where: str) -> str | None:
+    """What makes a manifest unlike anything a build writes (``None``: nothing).
+
+    Checked so that a hand-edited or damaged manifest is one clear error, never a traceback or a
+    silently different data set: types and ranges of every field the readers use, every shard path
+    exactly where the layout puts it (inside the folder), the plan against its hash, and the per-shift
+    and total counts against the shard records (a dropped record changes them).
+    """
+    plan, records, shifts = manifest.get("plan"), manifest.get("shards"), manifest.get("shifts")
+    if not isinstance(plan, dict):
+        return "its plan is not an object"
+    if manifest.get("plan_hash") != plan_digest(plan):
+        return "its plan does not match the plan_hash the build recorded"
+    if not isinstance(records, list) or not isinstance(shifts, dict):
+        return "its shard list or its per-shift summary is missing"
+    totals: dict[str, dict] = {}
+    for n, r in enumerate(records):
+        if not isinstance(r, dict):
+            return f"shard record {n} is not an object"
+        shift, index, path = r.get("shift"), r.get("index"), r.get("path")
+        if not (isinstance(shift, str) and is_int(index) and index >= 0 and isinstance(path, str)):
+            return f"shard record {n} has no valid shift, index and path"
+        contained_path(base, path, f"shard record in {where!r}")
+        if path != shard_path(shift, index):
+            return f"shard record {n} names {path!r}, but shard {index} of {shift!r} is {shard_path(shift, index)!r}"
+        if not all(is_int(r.get(k)) and r[k] >= 0 for k in ("samples", "bytes")) or r["samples"] == 0:
+            return f"shard record {n} ({path}) has no valid sample count and size"
+        if not (isinstance(r.get("sha256"), str) and _SHA256.fullmatch(r["sha256"])):
+            return f"shard record {n} ({path}) has no valid sha256"
+        if any(not isinstance(r.get(k, ""), str) for k in ("first_key", "last_key")):
+            return f"shard record {n} ({path}) has keys that are not text"
+        t = totals.setdefault(shift, {"samples": 0, "shards": 0, "bytes": 0, "indices": set()})
+        t["samples"] += r["samples"]
+        t["shards"] += 1
+        t["bytes"] += r["bytes"]
+        t["indices"].add(index)
+    if set(totals) != set(shifts):
+        return f"its shard records hold shifts {sorted(totals)} but its summary lists {sorted(shifts)}"
+    for shift, t in totals.items():
+        summary = shifts[shift]
+        if t.pop("indices") != set(range(t["shards"])):
+            return f"the shards of {shift!r} are not numbered 0..{t['shards'] - 1}"
+        if not isinstance(summary, dict) or any(summary.get(k) != v for k, v in t.items()):
+            return f"the summary of {shift!r} ({summary!r}) does not match its shard records ({t})"
+    if manifest.get("samples") != sum(t["samples"] for t in totals.values()):
+        return f"its total of {manifest.get('samples')!r} samples does not match its shard records"
+    return None
 
 
 # ---------------------------------------------------------------------- checked reading
@@ -641,7 +699,7 @@ class ShardSet:
         data = self.read_member(entry.shard, entry.image_offset, entry.image_size, f"{entry.key}.{entry.image_ext}",
                                 f=f)
         try:
-            return decode_image(data, draft)
+            return decode_image(data, draft, ext=entry.image_ext)
         except Exception as e:  # noqa: BLE001 - PIL raises many types
             raise ShardError(f"shard {entry.shard}: image of {entry.key!r} does not decode ({decode_error(e)}); "
                              "rebuild it") from e

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAKE_WNIDS",
     "SD2_SCHEDULER_CONFIG",
+    "disk_full_on_call",
     "fake_imagenet_classes",
     "make_fake_release",
     "oracle_classifier",
@@ -370,3 +371,21 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0, *, eos_token_id: int 
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def disk_full_on_call(write: Callable, n: int) -> tuple[Callable, list]:
+    """A stand-in for ``write(path, data)`` whose ``n``-th call (from 1) fails as a full disk would
+    (``OSError`` ENOSPC naming the path); the other calls write. Returns it and the list of paths it
+    was called with."""
+    import errno
+
+    calls: list = []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) == n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write(path, data)
+
+    return full, calls
+

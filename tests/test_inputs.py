@@ -202,3 +202,13 @@ def test_leaderboard_csv_cells_never_start_a_formula(name, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert rows[0]["model"] == "'" + name and float(rows[0]["base_top1"]) == 0.5
     assert all(not v.startswith(("=", "+", "-", "@")) for row in rows for v in row.values())
+
+
+def test_a_leaderboard_output_that_is_a_folder_is_refused_before_writing(tmp_path, capsys):
+    doc = _results(tmp_path, capsys)
+    (tmp_path / "board").mkdir()
+    (tmp_path / "board" / "r.json").write_text(json.dumps(doc))
+    (tmp_path / "out" / "leaderboard.csv").mkdir(parents=True)
+    _refused(capsys, ["leaderboard", str(tmp_path / "board"), "--out", str(tmp_path / "out"), "--no-plots"],
+             "leaderboard.csv", "is a folder, not a file")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["leaderboard.csv"]  # nothing half-written

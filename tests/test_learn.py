@@ -85,6 +85,22 @@ def test_resume_continues_exactly(folder, spec, tmp_path):
     assert before == out.read_bytes()  # not rewritten
 
 
+def test_a_save_that_fills_the_disk_is_one_line_and_resumes(folder, spec, tmp_path, monkeypatch):
+    import dsi_bench.learn as learn
+    from dsi_bench.errors import CacheError
+    from dsi_bench.testing import disk_full_on_call
+
+    out, real = tmp_path / "bank.safetensors", learn.atomic_write
+    monkeypatch.setattr(learn, "atomic_write", disk_full_on_call(real, 2)[0])  # the second save's state
+    args = dict(pipeline=spec, max_steps=6, resolution=32, classes_per_batch=3, out=out, progress=False)
+    with pytest.raises(CacheError, match=r"No space left on device.*rerun the same command to resume") as e:
+        learn_tokens(folder, save_every=2, **args)
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
+    monkeypatch.setattr(learn, "atomic_write", real)
+    finished = learn_tokens(folder, **args)
+    assert finished.extra["training"]["steps_done"] == {"0": 6, "1": 6, "2": 6}
+
+
 def test_bad_training_data(folder, tmp_path, spec):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "b").mkdir(parents=True)

@@ -17,6 +17,7 @@ from dsi_bench.build import build_shards
 from dsi_bench.cli import main
 from dsi_bench.errors import CacheError, LockError, SpecError
 from dsi_bench.locks import FOLDER_LOCK, file_lock, folder_lock
+from dsi_bench.testing import disk_full_on_call
 
 TINY = dict(shifts=["base"], classes="0", per_class=1, samples_per_shard=4, image_format="png", cpu_threads=1,
             progress=False)
@@ -327,14 +328,8 @@ def test_a_build_that_fills_the_disk_stops_in_one_line_and_keeps_its_shards(tmp_
                                                                             monkeypatch, capsys):
     import dsi_bench.build as build
 
-    real, calls = build.atomic_write, []
-
-    def atomic_write(path, data):  # the second shard's record finds the disk full
-        calls.append(path)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, data)
-
+    real = build.atomic_write
+    atomic_write, calls = disk_full_on_call(real, 3)  # the second shard's record finds the disk full
     monkeypatch.setattr(build, "atomic_write", atomic_write)
     out = tmp_path / "out"
     args = {**TINY, "per_class": 2, "samples_per_shard": 1}

@@ -213,3 +213,27 @@ def test_stale_index_is_caught_by_the_header_check(built, tmp_path):
 def test_masks_are_rejected_for_synthesis(tiny_spec, tiny_tokens):
     with pytest.raises(SpecError, match="masks apply to prebuilt sources"):
         ShiftedImageNet("base", classes=[0], per_class=1, pipeline=tiny_spec, tokens=tiny_tokens, masks=True)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["shards"].pop(), "summary of 'in_the_snow'"),  # a dropped record would drop its samples
+    (lambda m: m["plan"].update(classes=[0, 1]), "does not match the plan_hash"),
+    (lambda m: m["shards"][0].update(path="base/base-000001.tar"), "shard 0 of 'base' is 'base/base-000000.tar'"),
+    (lambda m: m["shards"][0].update(samples="5"), "no valid sample count"),
+    (lambda m: m["shards"][0].update(sha256=None), "no valid sha256"),
+    (lambda m: m.update(shards={}), "shard list"),
+    (lambda m: m.update(version="1"), "version '1' is not a number"),
+    (lambda m: m.update(samples=m["samples"] + 1), "total of"),
+])
+def test_hand_edited_manifests_are_refused_by_name(built, tmp_path, edit, needle):
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="manifest.json") as e:
+        ShiftedImageNet("base", source="shards", root=copy)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ShardError, match="manifest.json"):
+        shards_mod.ShardSet(copy)  # every reader reads it the same way
