@@ -1,3 +1,3 @@
 """Package version (single source for setup.cfg and results)."""
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
