@@ -17,6 +17,7 @@ import pytest
 from dsi_bench import shards as shards_mod
 from dsi_bench.datasets import ShiftedImageNet
 from dsi_bench.errors import ShardError
+from dsi_bench.layout import plan_digest
 from dsi_bench.shards import ShardSet, verify_shards
 
 
@@ -51,17 +52,24 @@ def write_tar(path, members, *, kind=tarfile.REGTYPE) -> None:
 
 
 def shard_folder(root, shards: dict, **tar_kw):
-    """A shard folder: ``shards`` maps ``shift/shift-00000k.tar`` -> members; the manifest matches the tars."""
-    records = []
+    """A shard folder: ``shards`` maps ``shift/shift-00000k.tar`` -> members; the manifest matches the tars
+    as a build writes it (per-shift summary, totals, the plan's hash)."""
+    records, shifts = [], {}
     for rel, members in shards.items():
         write_tar(root / rel, members, **tar_kw)
         data = (root / rel).read_bytes()
         keys = list(dict.fromkeys(name.rpartition(".")[0] for name, _ in members))
-        records.append({"path": rel, "shift": rel.split("/")[0], "index": len(records), "samples": len(keys),
+        shift = rel.split("/")[0]
+        summary = shifts.setdefault(shift, {"samples": 0, "shards": 0, "bytes": 0})
+        records.append({"path": rel, "shift": shift, "index": summary["shards"], "samples": len(keys),
                         "first_key": keys[0], "last_key": keys[-1], "bytes": len(data),
                         "sha256": hashlib.sha256(data).hexdigest()})
-    (root / "manifest.json").write_text(json.dumps({"format": "dsi-bench/shards", "version": 1, "plan": {},
-                                                    "shards": records}))
+        summary["samples"] += len(keys)
+        summary["shards"] += 1
+        summary["bytes"] += len(data)
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "dsi-bench/shards", "version": 1, "plan": {}, "plan_hash": plan_digest({}), "shifts": shifts,
+        "samples": sum(r["samples"] for r in records), "shards": records}))
     return root
 
 
@@ -272,7 +280,9 @@ def test_verify_that_would_check_nothing_is_an_error(tmp_path, capsys):
     assert "'in_the_fog' is not in" in err and len(err.splitlines()) == 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "manifest.json").write_text(json.dumps({"format": "dsi-bench/shards", "version": 1, "shards": []}))
+    (empty / "manifest.json").write_text(json.dumps({"format": "dsi-bench/shards", "version": 1, "plan": {},
+                                                     "plan_hash": plan_digest({}), "shifts": {}, "samples": 0,
+                                                     "shards": []}))
     with pytest.raises(ShardError, match="lists no shards: there is nothing to verify"):
         verify_shards(empty)
     assert main(["verify", str(empty), "-q"]) == 2
