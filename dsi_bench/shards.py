@@ -225,11 +225,11 @@ def _manifest_problem(manifest: dict, base: Path, where: str) -> str | None:
         contained_path(base, path, f"shard record in {where!r}")
         if path != shard_path(shift, index):
             return f"shard record {n} names {path!r}, but shard {index} of {shift!r} is {shard_path(shift, index)!r}"
-        if not all(is_int(r.get(k)) and r[k] >= 0 for k in ("samples", "bytes")) or r["samples"] == 0:
+        if not all(is_int(r.get(k)) and r[k] >= 0 for k in ("samples", "bytes")):
             return f"shard record {n} ({path}) has no valid sample count and size"
         if not (isinstance(r.get("sha256"), str) and _SHA256.fullmatch(r["sha256"])):
             return f"shard record {n} ({path}) has no valid sha256"
-        if any(not isinstance(r.get(k, ""), str) for k in ("first_key", "last_key")):
+        if any(not isinstance(r.get(k), (str, type(None))) for k in ("first_key", "last_key")):
             return f"shard record {n} ({path}) has keys that are not text"
         t = totals.setdefault(shift, {"samples": 0, "shards": 0, "bytes": 0, "indices": set()})
         t["samples"] += r["samples"]
