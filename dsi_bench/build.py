@@ -103,6 +103,10 @@ def _write_shard(job: ShardJob, out: Path, task: ShardTask, on_sample=None) -> d
     from webdataset import TarWriter
 
     final = out / task.path
+    if final.exists() and not _written_by_a_build(out, task):
+        raise ShardError(f"{str(final)!r} is not a shard a build of this folder wrote (no record of it in "
+                         f"{str(_parts_dir(out))!r} or the manifest); refusing to replace a file it did not write: "
+                         "move it away, or choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     n, keys = 0, []
@@ -134,6 +138,17 @@ def _write_shard(job: ShardJob, out: Path, task: ShardTask, on_sample=None) -> d
         tmp.unlink(missing_ok=True)
         raise
     return record
+
+
+def _written_by_a_build(out: Path, task: ShardTask) -> bool:
+    """Whether the file at the shard's path is one a build wrote (its record, or the manifest, names it)."""
+    if (_parts_dir(out) / task.part_name).is_file():
+        return True
+    try:
+        manifest = json.loads((out / MANIFEST).read_bytes())
+        return any(isinstance(r, dict) and r.get("path") == task.path for r in manifest.get("shards", []))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _done_record(job: ShardJob, out: Path, task: ShardTask, check_hash: bool = True) -> dict | None:

@@ -364,6 +364,6 @@ def parse_class_spec(spec: str | int | Iterable[int | str] | None, classes: Clas
             if i not in out:
                 out.append(i)
     if not out:
-        raise ClassSpecError(f"class selection {spec!r} is empty; name classes (e.g. '0-9,207') or pass 'all' for "
-                             "every class")
+        raise ClassSpecError(f"class selection {spec!r} is empty; name classes (e.g. '0-9,207'), or leave the "
+                             "selection out for every class")
     return out

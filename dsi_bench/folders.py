@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .classes import ClassList
 from .compat import reject_unknown, renamed
+from .errors import CacheError
 from .files import atomic_write, ensure_writable_dir, writing_into
 from .images import check_image_options, encode_image
 from .locks import folder_lock
@@ -124,12 +125,18 @@ def _generate_shifts(out: Path, shift_objs, synth, spec, indices, per_class, see
         meta_path = folder / "metadata.jsonl"
         rows = _read_metadata(meta_path)
         requests = make_requests(shift, indices, per_class, seed)
-        todo = []
+        todo, foreign = [], []
         for r in requests:
             rel = f"{r.class_index:04d}/{r.index:02d}.{ext}"
             row = rows.get(rel)
+            if row is None and (folder / rel).exists():
+                foreign.append(rel)  # every image this command writes is logged before it is written
             if row is None or row.get("cache_key") != synth.cache_key(r) or not (folder / rel).is_file():
                 todo.append(r)
+        if foreign:
+            raise CacheError(f"{str(folder)!r} holds {len(foreign)} file(s) that generate did not write where it "
+                             f"would write images ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                             "refusing to replace them: move them away, or choose another --out")
         start = time.perf_counter()
         created += [p for p in (folder, meta_path) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +146,6 @@ def _generate_shifts(out: Path, shift_objs, synth, spec, indices, per_class, see
                 for sample in synth.samples(todo[i : i + spec.batch_size]):
                     r = sample.request
                     rel = f"{r.class_index:04d}/{r.index:02d}.{ext}"
-                    atomic_write(folder / rel, encode_image(sample.image, ext, quality))
                     row = {
                         **sample.metadata,
                         "file": rel,
@@ -149,7 +155,8 @@ def _generate_shifts(out: Path, shift_objs, synth, spec, indices, per_class, see
                     }
                     rows[rel] = row
                     log.write(json.dumps(row, sort_keys=True) + "\n")
-                log.flush()
+                    log.flush()  # logged before written: a file at an image's path without a row is not ours
+                    atomic_write(folder / rel, encode_image(sample.image, ext, quality))
                 bar.update(min(spec.batch_size, len(todo) - i))
         ordered = sorted(rows.values(), key=lambda row: row["file"])
         atomic_write(meta_path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered).encode())

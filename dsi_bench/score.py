@@ -236,6 +236,9 @@ class _Reader:
             if not row:
                 continue
             line, width = reader.line_num, len(row)
+            if width > len(header):  # fewer fields: the trailing cells are empty
+                raise PredictionsError(f"{self.where} line {line}: {width} fields, but the header has {len(header)}; "
+                                       "quote cells that hold commas")
             raw = row[at_key].strip() if at_key < width else ""
             parsed = self.key(raw, line)
             if parsed is None:
@@ -245,10 +248,15 @@ class _Reader:
                 continue
             cell = row[at_top] if 0 <= at_top < width else ""
             best = self.top5(cell, line)
+            if len(best) > 5:
+                raise PredictionsError(f"{self.where} line {line}: top5 holds {len(best)} labels; write at most 5")
             prediction = row[at_pred].strip() if 0 <= at_pred < width else ""
             ranked = best
             if prediction:
                 first = self.label(prediction, line, "prediction")
+                if best and first not in best:
+                    raise PredictionsError(f"{self.where} line {line}: prediction {prediction} is not in its top5 "
+                                           f"({cell.strip()}); a model's top-1 is its first top-5 label")
                 ranked = [first] + [t for t in best if t != first]
             if not ranked:
                 raise PredictionsError(f"{self.where} line {line}: key {raw!r} has no prediction")
@@ -256,7 +264,11 @@ class _Reader:
             shift.append(codes.setdefault(parsed[0], len(codes)))
             classes.append(parsed[1])
             indices.append(parsed[2])
-            labels.append(self.label(label, line, "label") if label else -1)
+            given = self.label(label, line, "label") if label else -1
+            if given >= 0 and given != parsed[1]:
+                raise PredictionsError(f"{self.where} line {line}: label {label} disagrees with key {raw!r} (class "
+                                       f"{parsed[1]}); the key names the sample and its class")
+            labels.append(given)
             top.extend((ranked + [-1] * 5)[:5])
             has_top5.append(bool(best))
         if bad_count:

@@ -787,10 +787,11 @@ def _verify_one(shards: ShardSet, record: dict, decode: bool) -> tuple[str | Non
         if not _HashingReader(f, record).matches():
             return "sha256 differs from the manifest (damaged, or a shard from another build)", 0
     shards._mark_verified(record, stamp)  # the pass below checks names, labels and images, not the hash again
-    n = 0
+    n, ends = 0, [None, None]
     try:
         for sample in shards.iter_shard(record):
             n += 1
+            ends = [ends[0] or sample["__key__"], sample["__key__"]]
             member = _image_member(sample)
             if member is None or "cls" not in sample:
                 return f"sample {sample['__key__']!r} lacks an image or a label", n
@@ -803,6 +804,9 @@ def _verify_one(shards: ShardSet, record: dict, decode: bool) -> tuple[str | Non
         return str(e), n
     if n != record["samples"]:
         return f"{n} samples, manifest says {record['samples']}", n
+    if "first_key" in record and tuple(ends) != (record["first_key"], record["last_key"]):
+        return (f"holds samples {ends[0]}..{ends[1]} but the manifest lists {record['first_key']}.."
+                f"{record['last_key']} (the manifest was edited, or the shard belongs elsewhere)"), n
     return None, n
 
 

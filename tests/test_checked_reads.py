@@ -335,3 +335,16 @@ def test_a_flipped_byte_anywhere_is_refused_with_a_typed_error_never_served_or_a
             assert not verify, "a damaged shard was served with verify=True"
 
     check()
+
+
+def test_verify_and_the_readers_agree_on_the_keys_a_shard_holds(tmp_path):
+    """A manifest whose first/last keys were edited is refused by the readers, so verify must fail it too."""
+    root = good_folder(tmp_path / "shards")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"][0]["first_key"] = "base/0000/01"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_shards(root)
+    assert not report.ok
+    assert "holds samples base/0000/00..base/0000/01 but the manifest lists base/0000/01..base/0000/01" in str(report)
+    with pytest.raises(ShardError, match="replaced"):
+        len(ShiftedImageNet("base", source="shards", root=root))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,8 +91,26 @@ def test_an_empty_class_spec_is_an_error(tmp_path, capsys):
         with pytest.raises(ClassSpecError, match="empty"):
             parse_class_spec(spec, imagenet_classes())
     assert parse_class_spec("all", imagenet_classes()) == list(range(1000))
-    _refused(capsys, ["generate", "--classes", "", "--tokens", "none", "--out", str(tmp_path / "out")],
-             "class selection '' is empty", "'all' for every class")
+    assert parse_class_spec(None, imagenet_classes()) == list(range(1000))  # what "leave it out" gives
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--classes", "", "--tokens", "none", "--out", "OUT"],
+    ["build", "--out", "", "--classes", "0"],
+    ["eval", "--root", "OUT", "--results", ""],
+    ["eval", "--root", "OUT", "--shifts", ","],
+    ["leaderboard", "OUT", "--out", " "],
+    ["generate", "--out", "OUT", "--device", ""],
+    ["verify", ""],
+])
+def test_an_empty_value_never_stands_for_a_default(argv, tmp_path, capsys):
+    """'' for --out would mean the current folder, for --results no file, for --shifts every shift."""
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    with pytest.raises(SystemExit) as e:  # refused while parsing
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "is empty; give a value" in err, err
+    assert not any(tmp_path.iterdir()) and not Path("manifest.json").exists()
 
 
 @pytest.mark.parametrize("row, needle", [
@@ -212,3 +231,16 @@ def test_a_leaderboard_output_that_is_a_folder_is_refused_before_writing(tmp_pat
     _refused(capsys, ["leaderboard", str(tmp_path / "board"), "--out", str(tmp_path / "out"), "--no-plots"],
              "leaderboard.csv", "is a folder, not a file")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["leaderboard.csv"]  # nothing half-written
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ("key,prediction,label\nbase/0000/05,5,5\n", "label 5 disagrees with key 'base/0000/05' (class 0)"),
+    ("key,prediction\nbase/0000/05,1,9\n", "3 fields, but the header has 2"),
+    ("key,prediction,top5\nbase/0000/05,1,1 2 3 4 5 6\n", "top5 holds 6 labels"),
+    ("key,prediction,top5\nbase/0000/05,1,2 3 4 5 6\n", "prediction 1 is not in its top5"),
+])
+def test_contradictory_prediction_rows_are_refused_without_a_source(rows, needle, tmp_path, capsys):
+    """Without a source nothing else can tell which of two contradicting cells is right."""
+    path = _csv(tmp_path, rows)
+    _refused(capsys, ["score", str(path), "--results", str(tmp_path / "r.json")], "line 2", needle)
+    assert not (tmp_path / "r.json").exists()

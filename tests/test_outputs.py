@@ -15,7 +15,7 @@ import pytest
 
 from dsi_bench.build import build_shards
 from dsi_bench.cli import main
-from dsi_bench.errors import CacheError, LockError, SpecError
+from dsi_bench.errors import CacheError, LockError, ShardError, SpecError
 from dsi_bench.locks import FOLDER_LOCK, file_lock, folder_lock
 from dsi_bench.testing import disk_full_on_call
 
@@ -342,3 +342,33 @@ def test_a_build_that_fills_the_disk_stops_in_one_line_and_keeps_its_shards(tmp_
     monkeypatch.setattr(build, "atomic_write", real)
     summary = build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **args)
     assert summary.complete and (summary.shards_skipped, summary.shards_built) == (1, 1)
+
+
+def test_build_and_generate_never_replace_a_file_they_did_not_write(tmp_path, tiny_spec, tiny_tokens, capsys):
+    """A user's file where a shard or an image would go is refused by name and left as it was."""
+    from dsi_bench.folders import generate_folder
+
+    out = tmp_path / "shards"
+    (out / "base").mkdir(parents=True)
+    mine = out / "base" / "base-000000.tar"
+    mine.write_bytes(b"a user's tar")
+    with pytest.raises(ShardError, match="base-000000.tar' is not a shard a build of this folder wrote"):
+        build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **TINY)
+    assert mine.read_bytes() == b"a user's tar"
+    mine.unlink()
+    assert build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **TINY).complete  # its own shards: resumed
+    assert build_shards(out, pipeline=tiny_spec, tokens=tiny_tokens, **TINY).shards_skipped == 1
+
+    images = tmp_path / "images"
+    (images / "base" / "0000").mkdir(parents=True)
+    photo = images / "base" / "0000" / "00.png"
+    photo.write_bytes(b"a user's picture")
+    kw = dict(shifts=["base"], classes="0", per_class=2, pipeline=tiny_spec, tokens=tiny_tokens, progress=False)
+    with pytest.raises(CacheError, match=r"holds 1 file\(s\) that generate did not write .*0000/00.png"):
+        generate_folder(images, **kw)
+    assert photo.read_bytes() == b"a user's picture"
+    photo.unlink()
+    generate_folder(images, **kw)
+    before = {p: p.read_bytes() for p in images.rglob("*.png")}
+    generate_folder(images, **kw)  # its own images: kept
+    assert {p: p.read_bytes() for p in images.rglob("*.png")} == before and len(before) == 2

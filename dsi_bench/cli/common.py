@@ -76,8 +76,27 @@ class Command:
         parser = sub.add_parser(self.name, help=self.help, description=self.description,
                                 epilog=example(self.examples))
         self.add_arguments(parser)
+        _refuse_empty_values(parser)
         parser.set_defaults(command_object=self)
         return parser
+
+
+#: Text options where an empty value means something ("no negative prompt"); every other empty
+#: value is refused while parsing, never taken for "the default" or "the current folder".
+EMPTY_ALLOWED = {"negative_prompt"}
+
+
+def _refuse_empty_values(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:  # argparse has no public walk over a parser's arguments
+        if action.type is None and action.nargs != 0 and action.dest not in EMPTY_ALLOWED and not isinstance(
+                action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+            action.type = _non_empty
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip(" ,"):
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give a value (an empty value never stands for a default)")
+    return text
 
 
 # ---------------------------------------------------------------------- deprecated flags
