@@ -69,6 +69,8 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
         CacheError: naming the folder and what to do.
     """
     path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"{what} {str(path)!r} is a file, not a folder; pass the path of a folder to write in")
     try:
         path.mkdir(parents=True, exist_ok=True)
         _probe(path)
@@ -155,7 +157,7 @@ def contained_path(root: str | os.PathLike, rel: str, what: str) -> Path:
     path = (base / text).resolve()
     if path != base and base not in path.parents:
         raise ShardError(f"{what}: path {text!r} leads outside {str(root)!r} (to {str(path)!r}); refusing to read or "
-                         "write it")
+                         "write it (links out of the folder are not followed: put the file itself in the folder)")
     return Path(root) / text
 
 

@@ -159,11 +159,21 @@ def _read(path: str | os.PathLike, class_list: ClassList) -> _File:
         reader = csv.reader(f)
         try:
             return _Reader(path, class_list).read(reader)
-        except UnicodeDecodeError as cause:
-            raise PredictionsError(f"{str(path)!r} is not UTF-8 text (byte {cause.object[cause.start]:#04x} after "
-                                   f"line {reader.line_num}); save it as UTF-8") from cause
+        except UnicodeDecodeError as cause:  # the decoder reads ahead: find the line in the bytes
+            raise PredictionsError(f"{str(path)!r} line {_first_non_utf8_line(path)}: not UTF-8 text (byte "
+                                   f"{cause.object[cause.start]:#04x}); save it as UTF-8") from cause
         except csv.Error as cause:
             raise PredictionsError(f"{str(path)!r} line {reader.line_num}: not a CSV row ({cause})") from cause
+
+
+def _first_non_utf8_line(path: Path) -> int | str:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return "?"
 
 
 class _Reader:

@@ -138,8 +138,9 @@ def test_a_byte_order_mark_is_accepted(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- item 17: one line, not a traceback
 def test_a_csv_that_is_not_utf8_is_one_line(tmp_path, capsys):
-    path = _csv(tmp_path, "key,prediction\nbase/0000/00,0\nbase/0000/01,caf\u00e9\n", encoding="latin-1")
-    _refused(capsys, ["score", str(path)], "is not UTF-8 text", "byte 0xe9", "save it as UTF-8")
+    rows = "".join(f"base/0000/{i:02d},0\n" for i in range(99))  # the decoder reads ahead of the rows parsed
+    path = _csv(tmp_path, "key,prediction\n" + rows + "base/0001/00,caf\u00e9\n", encoding="latin-1")
+    _refused(capsys, ["score", str(path)], "line 101: not UTF-8 text", "byte 0xe9", "save it as UTF-8")
     huge = _csv(tmp_path, "key,prediction\nbase/0000/00," + "9" * 5000 + "\n", "huge.csv")
     _refused(capsys, ["score", str(huge)], "line 2", "outside the label space")
     long = _csv(tmp_path, "key,prediction\nbase/0000/00,0\nbase/0000/01," + "1" * 200_000 + "\n", "long.csv")
@@ -244,3 +245,19 @@ def test_contradictory_prediction_rows_are_refused_without_a_source(rows, needle
     path = _csv(tmp_path, rows)
     _refused(capsys, ["score", str(path), "--results", str(tmp_path / "r.json")], "line 2", needle)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_leaderboard_out_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    doc = _results(tmp_path, capsys)
+    (tmp_path / "board").mkdir()
+    (tmp_path / "board" / "r.json").write_text(json.dumps(doc))
+    (tmp_path / "out").write_text("mine")
+    _refused(capsys, ["leaderboard", str(tmp_path / "board"), "--out", str(tmp_path / "out"), "--no-plots"],
+             "is a file, not a folder")
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_results_and_predictions_on_one_path_are_refused(tmp_path, capsys):
+    same = str(tmp_path / "r.json")
+    _refused(capsys, ["eval", "--root", str(tmp_path), "--classifier", "torchvision:resnet18", "--results", same,
+                      "--predictions", same], "are the same file")

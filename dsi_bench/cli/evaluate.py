@@ -49,11 +49,18 @@ def data_from(args) -> dict:
 
 def check_outputs(args) -> None:
     """Refuse ``--results``/``--predictions`` paths that cannot be written, before any work."""
+    from pathlib import Path
+
+    from ..errors import SpecError
     from ..files import check_writable
 
     for flag in ("results", "predictions"):
         if getattr(args, flag, None):
             check_writable(getattr(args, flag), f"--{flag}")
+    results, predictions = getattr(args, "results", None), getattr(args, "predictions", None)
+    if results and predictions and Path(results).expanduser().resolve() == Path(predictions).expanduser().resolve():
+        raise SpecError(f"--results and --predictions are the same file ({results!r}); one would overwrite the "
+                        "other: give them different paths")
 
 
 def report_results(results, path) -> int:

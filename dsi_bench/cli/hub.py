@@ -24,7 +24,7 @@ class Publish(Command):
         p.add_argument("--dataset-format", choices=DATASET_FORMATS, default="webdataset",
                        help="the repository's layout: the tars as built, or Parquet (default: %(default)s)")
         deprecated_flag(p, "--format", "--dataset-format", "dataset_format")
-        p.add_argument("--private", action="store_true")
+        p.add_argument("--private", action="store_true", help="create the repository as private (default: public)")
         p.add_argument("--dry-run", metavar="OUT_DIR", default=None,
                        help="write what would be uploaded; upload nothing")
         p.add_argument("--force", action="store_true", help="replace a repository that holds another plan")
