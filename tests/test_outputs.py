@@ -319,7 +319,7 @@ def test_learn_tokens_refuses_an_out_it_cannot_write_before_loading(tmp_path):
     from dsi_bench.learn import learn_tokens
 
     (tmp_path / "file").write_text("mine")
-    with pytest.raises(CacheError, match="folder of the token bank .*file.* is not writable"):
+    with pytest.raises(CacheError, match="folder of the token bank .*file.* is a file, not a folder"):
         learn_tokens(tmp_path / "no-data", generator=tmp_path / "no-model", out=tmp_path / "file" / "bank.safetensors")
     assert (tmp_path / "file").read_text() == "mine"
 
