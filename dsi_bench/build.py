@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import OptionalDependencyError, ShardError, SpecError
 from .files import atomic_write, canonical_json, check_writable, ensure_writable_dir, sha256_file, writing_into
-from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, plan_digest, shard_path
+from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, plan_digest, shard_path, shift_summary
 from .version import __version__
 
 __all__ = ["ENGINES", "BuildSummary", "ShardJob", "ShardTask", "SynthesisJob", "build_shards", "run_job"]
@@ -169,19 +169,13 @@ def _done_record(job: ShardJob, out: Path, task: ShardTask, check_hash: bool = T
 
 
 def _manifest(job: ShardJob, records: list[dict]) -> dict:
-    shifts: dict[str, dict] = {}
-    for r in records:
-        s = shifts.setdefault(r["shift"], {"samples": 0, "shards": 0, "bytes": 0})
-        s["samples"] += r["samples"]
-        s["shards"] += 1
-        s["bytes"] += r["bytes"]
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "package_version": __version__,
         "plan": job.plan,
         "plan_hash": job.plan_hash,
-        "shifts": shifts,
+        "shifts": shift_summary(records),
         "samples": sum(r["samples"] for r in records),
         "shards": records,
     }

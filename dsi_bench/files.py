@@ -69,8 +69,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
         CacheError: naming the folder and what to do.
     """
     path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise CacheError(f"{what} {str(path)!r} is a file, not a folder; pass the path of a folder to write in")
+    _refuse_other_kind(path, what, folder=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         _probe(path)
@@ -88,6 +87,14 @@ def _probe(folder: Path) -> None:
     os.unlink(probe)
 
 
+def _refuse_other_kind(path: Path, what: str, *, folder: bool) -> None:
+    """Refuse a file where an output folder is expected, or a folder where an output file is."""
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise CacheError(f"{what} {str(path)!r} is a {'file' if folder else 'folder'}, not a {kind}; "
+                         f"pass the path of a {kind} to write")
+
+
 def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
     """Refuse, before any work, an output that cannot be written; creates nothing.
 
@@ -99,10 +106,7 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
         CacheError: naming the path, what is wrong and what to do.
     """
     path = Path(path).expanduser()
-    kind = "folder" if folder else "file"
-    if path.exists() and path.is_dir() != folder:
-        raise CacheError(f"{what} {str(path)!r} is a {'file' if folder else 'folder'}, not a {kind}; "
-                         f"pass the path of a {kind} to write")
+    _refuse_other_kind(path, what, folder=folder)
     base = path if path.is_dir() else path.parent
     while not base.exists() and base != base.parent:
         base = base.parent

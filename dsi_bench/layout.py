@@ -26,6 +26,7 @@ __all__ = [
     "plan_digest",
     "sample_key",
     "shard_path",
+    "shift_summary",
     "split_member",
     "twin_key",
 ]
@@ -79,6 +80,17 @@ def plan_digest(plan: dict) -> str:
     from .files import canonical_json
 
     return hashlib.sha256(canonical_json(plan)).hexdigest()
+
+
+def shift_summary(records) -> dict[str, dict]:
+    """A manifest's per-shift summary of its shard records: ``{shift: {"samples", "shards", "bytes"}}``."""
+    shifts: dict[str, dict] = {}
+    for r in records:
+        s = shifts.setdefault(r["shift"], {"samples": 0, "shards": 0, "bytes": 0})
+        s["samples"] += r["samples"]
+        s["shards"] += 1
+        s["bytes"] += r["bytes"]
+    return shifts
 
 
 def shard_path(shift_id: str, k: int) -> str:

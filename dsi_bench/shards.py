@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING
 from .errors import ShardError
 from .files import contained_path
 from .images import IMAGE_EXTENSIONS, decode_error, decode_image
-from .layout import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, key_class, plan_digest, shard_path, split_member
+from .layout import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    key_class,
+    plan_digest,
+    shard_path,
+    shift_summary,
+    split_member,
+)
 from .memo import Memo
 from .validate import is_int
 
@@ -215,7 +224,7 @@ def _manifest_problem(manifest: dict, base: Path, where: str) -> str | None:
         return "its plan does not match the plan_hash the build recorded"
     if not isinstance(records, list) or not isinstance(shifts, dict):
         return "its shard list or its per-shift summary is missing"
-    totals: dict[str, dict] = {}
+    indices: dict[str, set[int]] = {}
     for n, r in enumerate(records):
         if not isinstance(r, dict):
             return f"shard record {n} is not an object"
@@ -231,16 +240,13 @@ def _manifest_problem(manifest: dict, base: Path, where: str) -> str | None:
             return f"shard record {n} ({path}) has no valid sha256"
         if any(not isinstance(r.get(k), (str, type(None))) for k in ("first_key", "last_key")):
             return f"shard record {n} ({path}) has keys that are not text"
-        t = totals.setdefault(shift, {"samples": 0, "shards": 0, "bytes": 0, "indices": set()})
-        t["samples"] += r["samples"]
-        t["shards"] += 1
-        t["bytes"] += r["bytes"]
-        t["indices"].add(index)
+        indices.setdefault(shift, set()).add(index)
+    totals = shift_summary(records)
     if set(totals) != set(shifts):
         return f"its shard records hold shifts {sorted(totals)} but its summary lists {sorted(shifts)}"
     for shift, t in totals.items():
         summary = shifts[shift]
-        if t.pop("indices") != set(range(t["shards"])):
+        if indices[shift] != set(range(t["shards"])):
             return f"the shards of {shift!r} are not numbered 0..{t['shards'] - 1}"
         if not isinstance(summary, dict) or any(summary.get(k) != v for k, v in t.items()):
             return f"the summary of {shift!r} ({summary!r}) does not match its shard records ({t})"

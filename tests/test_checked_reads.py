@@ -17,7 +17,7 @@ import pytest
 from dsi_bench import shards as shards_mod
 from dsi_bench.datasets import ShiftedImageNet
 from dsi_bench.errors import ShardError
-from dsi_bench.layout import plan_digest
+from dsi_bench.layout import plan_digest, shift_summary
 from dsi_bench.shards import ShardSet, verify_shards
 
 
@@ -54,22 +54,19 @@ def write_tar(path, members, *, kind=tarfile.REGTYPE) -> None:
 def shard_folder(root, shards: dict, **tar_kw):
     """A shard folder: ``shards`` maps ``shift/shift-00000k.tar`` -> members; the manifest matches the tars
     as a build writes it (per-shift summary, totals, the plan's hash)."""
-    records, shifts = [], {}
+    records, counts = [], {}
     for rel, members in shards.items():
         write_tar(root / rel, members, **tar_kw)
         data = (root / rel).read_bytes()
         keys = list(dict.fromkeys(name.rpartition(".")[0] for name, _ in members))
         shift = rel.split("/")[0]
-        summary = shifts.setdefault(shift, {"samples": 0, "shards": 0, "bytes": 0})
-        records.append({"path": rel, "shift": shift, "index": summary["shards"], "samples": len(keys),
+        counts[shift] = counts.get(shift, -1) + 1
+        records.append({"path": rel, "shift": shift, "index": counts[shift], "samples": len(keys),
                         "first_key": keys[0], "last_key": keys[-1], "bytes": len(data),
                         "sha256": hashlib.sha256(data).hexdigest()})
-        summary["samples"] += len(keys)
-        summary["shards"] += 1
-        summary["bytes"] += len(data)
     (root / "manifest.json").write_text(json.dumps({
-        "format": "dsi-bench/shards", "version": 1, "plan": {}, "plan_hash": plan_digest({}), "shifts": shifts,
-        "samples": sum(r["samples"] for r in records), "shards": records}))
+        "format": "dsi-bench/shards", "version": 1, "plan": {}, "plan_hash": plan_digest({}),
+        "shifts": shift_summary(records), "samples": sum(r["samples"] for r in records), "shards": records}))
     return root
 
 
