@@ -659,7 +659,7 @@ def build_shards(
     from .pipeline import PipelineSpec, check_model
     from .shifts import get_shift
     from .synthesis import Synthesizer
-    from .tokens import tokens_class_list
+    from .tokens import token_classes, tokens_class_list
     from .validate import check_finite_float, check_positive_int, check_sample_counts
 
     spec = renamed(deprecated_names, "spec", "pipeline", pipeline, where="build_shards: ") or PipelineSpec()
@@ -673,7 +673,7 @@ def build_shards(
         for device in devices or [spec.device]:
             resolve_device(device, check=True)
     class_list = tokens_class_list(tokens, class_list)
-    indices = class_list.resolve(classes)
+    indices = token_classes(tokens, class_list, classes)
     shift_objs = [get_shift(s) for s in shifts]
     if len({s.id for s in shift_objs}) != len(shift_objs):
         raise SpecError(f"shifts {[s.id for s in shift_objs]} name the same shift twice")

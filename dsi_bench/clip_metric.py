@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .compat import reject_unknown, renamed
+from .embedded import is_world, resolve_world
 from .errors import ModelLoadError, OfflineError, SpecError, TokenBankError
 from .files import check_writable
 from .memo import Memo
@@ -129,7 +130,8 @@ class ClipScorer:
     """A CLIP model loaded once per process (per model, device, dtype, token bank).
 
     Args:
-        model: a transformers CLIP folder or Hub id.
+        model: a transformers CLIP folder or Hub id, or ``"world"`` (the embedded world's CLIP, which
+            scores class names: its text tower is not the world generator's).
         tokens: a bank to inject (scored as learned tokens when CLIP's text width matches).
         use_tokens: ``False`` never injects; ``True`` makes a width mismatch an error.
         device: where CLIP runs (the caller's choice; ``"auto"`` picks CUDA, then MPS, then CPU).
@@ -147,6 +149,10 @@ class ClipScorer:
         self.device = resolve_device(device, check=True)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
+        if is_world(model) and use_tokens is None:
+            # the world's CLIP has a text space of its own (unlike SD2's, which is OpenCLIP's): score class names
+            use_tokens = False
+        model = resolve_world(model, "clip")
         self.model_name = str(model)
         local = os.path.exists(os.path.expanduser(self.model_name))
         offline = None if local else hub_unreachable()  # offline: the Hub cache only, no retries
@@ -396,6 +402,13 @@ class Thresholds:
                             "dsi-bench clip-calibrate RELEASE --masks masks.npy --out FILE") from e
 
 
+def world_thresholds(clip="world"):
+    """The calibrated thresholds that ship with the world's CLIP (fitted by ``dsi-bench world train``)."""
+    from pathlib import Path
+
+    return Path(resolve_world(clip, "clip")) / "thresholds.json"
+
+
 def _thresholds(rule: str, thresholds, object_threshold, shift_threshold) -> Thresholds:
     """Defaults of the rule, or a calibration (file or object); explicit numbers override either."""
     _check_rule(rule)
@@ -493,8 +506,9 @@ def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, rule: str = DEFAULT_RU
         root: the shard folder.
         rule: ``"reference"`` (default) or ``"token-gain"``; ``tokens`` only with ``token-gain``.
         thresholds: a calibration file (``clip-calibrate --out``) or :class:`Thresholds`; default:
-            the rule's placeholder thresholds. ``object_threshold``/``shift_threshold`` override it
-            (``shift_margin`` is the deprecated name of ``shift_threshold``).
+            the rule's placeholder thresholds (with ``clip="world"``: the world CLIP's calibrated ones).
+            ``object_threshold``/``shift_threshold`` override it (``shift_margin`` is the deprecated
+            name of ``shift_threshold``).
         device, dtype: where and in which precision CLIP runs.
 
     Outputs default to ``ROOT/clip_scores.npz`` (``keys``, ``object_score``, ``shift_score``,
@@ -528,6 +542,8 @@ def clip_filter_shards(root, *, clip: str = DEFAULT_CLIP, rule: str = DEFAULT_RU
     shift_threshold = renamed(deprecated_names, "shift_margin", "shift_threshold", shift_threshold,
                               where="clip_filter_shards: ")
     reject_unknown(deprecated_names, "clip_filter_shards")
+    if thresholds is None and rule == "reference" and is_world(clip):
+        thresholds = world_thresholds(clip)
     limits = _thresholds(rule, thresholds, object_threshold, shift_threshold)
     bank = load_tokens(tokens) if tokens is not None and not hasattr(tokens, "fingerprint") else tokens
     _check_tokens_for_rule(rule, bank)

@@ -86,7 +86,8 @@ class ShiftedDataset(VisionDataset):
             ``"imagenet-star"``: the release folder or zip; ``"hub"``: ``USER/NAME`` or a local
             export folder; ``"synth"`` takes none.
         classes: which classes, e.g. ``"0-9,207"``, ``[1, 2]``, ``"goldfish"``; default all
-            (prebuilt sources: all the source holds).
+            (prebuilt sources: all the source holds; ``"synth"``: all the tokens cover, e.g. the
+            world's ten with ``tokens="world"``).
         per_class: samples per class (``"synth"``: default 50; prebuilt: at most this many,
             default all).
         seed: base seed; sample seeds derive from ``(seed, class, index)`` (``"synth"``).

@@ -24,7 +24,7 @@ from .locks import folder_lock
 from .pipeline import PipelineSpec, check_model
 from .shifts import Shift, get_shift
 from .synthesis import Synthesizer, make_requests
-from .tokens import TokenBank, tokens_class_list
+from .tokens import TokenBank, token_classes, tokens_class_list
 from .validate import check_sample_counts
 
 __all__ = ["generate_folder"]
@@ -66,7 +66,7 @@ def generate_folder(
     Args:
         out: output folder.
         shifts: shift names, templates, phrases or :class:`Shift` objects.
-        classes: class spec (``"0-9,207"``); default all.
+        classes: class spec (``"0-9,207"``); default every class the tokens cover (all without tokens).
         per_class: images per class.
         seed: base seed.
         pipeline: pipeline spec (default: the reference's).
@@ -87,7 +87,7 @@ def generate_folder(
     shift_objs = [get_shift(s) for s in shifts]
     check_model(spec.model)
     class_list = tokens_class_list(tokens, class_list)
-    indices = class_list.resolve(classes)
+    indices = token_classes(tokens, class_list, classes)
     check_sample_counts(per_class, len(indices), len(shift_objs))
     created: list[Path] = [] if Path(out).exists() else [Path(out)]
     out = ensure_writable_dir(out, "output folder")

@@ -5,7 +5,8 @@ the class name's tokens; only the new embeddings train (the embedding table, the
 the UNet and the VAE stay frozen, so every existing row is bit-identical afterwards); magnitude
 pinning by re-parametrisation in the forward pass: the raw trainable row ``w`` is free, the row the
 text encoder sees is ``w·‖e_init‖/‖w‖``, AdamW (betas 0.9/0.999, weight decay 1e-2) acts on ``w``,
-and the pinned row is what is saved; prompts come from the 27 standard "a photo of a {}" templates;
+and the pinned row is what is saved; prompts come from the 27 standard "a photo of a {}" templates
+(``init_word=`` and ``templates=`` change the start and the prompts, recorded in the bank);
 images are square centre-cropped, resized (bicubic) to the training resolution (by default the
 generator's native size) and randomly flipped; the target is the noise or the velocity, as the
 noise scheduler's ``prediction_type`` says (SD2 is v-prediction). In fp16 the frozen models run
@@ -45,6 +46,8 @@ from .files import atomic_write, writing_into
 from .validate import check_choice, check_finite_float, check_non_negative_int, check_positive_int
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
     from .tokens import TokenBank
@@ -275,8 +278,23 @@ class TrainConfig:
     save_every: int = 100
     eval_draws: int = 0
     allow_high_resolution: bool = False
+    init_word: str | None = None
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.init_word is not None and not str(self.init_word).strip():
+            raise SpecError("init_word='' is empty; give a word (e.g. 'object') or leave it out (the class name)")
+        if self.templates is not None:
+            object.__setattr__(self, "templates", tuple(self.templates))
+            bad = [t for t in self.templates if not isinstance(t, str) or t.count("{}") != 1]
+            if bad or not self.templates:
+                raise SpecError(f"templates {list(bad or self.templates)!r} must each hold '{{}}' exactly once "
+                                "(where the token goes), e.g. 'a photo of a {}'")
+
+    @property
+    def prompt_templates(self) -> tuple[str, ...]:
+        """The prompts the tokens are trained in (default: the reference's 27)."""
+        return self.templates or IMAGENET_TEMPLATES
         check_choice(self.preset, "preset", PRESETS)
         check_positive_int(self.max_steps, "max_steps", example=1000)
         if self.resolution is not None:
@@ -319,7 +337,8 @@ class TrainConfig:
         return {"preset": self.preset, "steps": self.max_steps, "lr": self.lr, "resolution": self.resolution,
                 "weight_decay": self.weight_decay, "adam_betas": list(ADAM_BETAS),
                 "classes_per_batch": self.classes_per_batch, "seed": self.seed,
-                "magnitude_pinning": PINNING}
+                "magnitude_pinning": PINNING, "init": self.init_word or "class name",
+                "templates": list(self.templates) if self.templates else "imagenet_templates_small (27)"}
 
 
 #: How the new rows keep their initial norm (recorded in every bank; a resumed bank must match).
@@ -447,10 +466,11 @@ class TokenTrainer:
         init = []
         weight = self.table.weight
         for info in self.infos:
-            ids = self.tokenizer(info.name, add_special_tokens=False).input_ids
+            word = self.config.init_word or info.name
+            ids = self.tokenizer(word, add_special_tokens=False).input_ids
             if not ids:
-                raise TokenBankError(f"class name {info.name!r} tokenizes to nothing; give the class a name made of "
-                                     "words")
+                what = "init_word" if self.config.init_word else "class name"
+                raise TokenBankError(f"{what} {word!r} tokenizes to nothing; give a name made of words")
             init.append(weight[torch.tensor(ids, device=weight.device)].float().mean(0).cpu())
         self.init = torch.stack(init)
         self.rows = self.init.clone()  # the raw trainable rows w; the text encoder sees _pin_rows(w, |e_init|)
@@ -524,8 +544,12 @@ class TokenTrainer:
                 magnitude pinning) differs from the bank's record.
         """
         ours = {"lr": self.config.lr, "weight_decay": self.config.weight_decay, "resolution": self.resolution,
-                "seed": self.config.seed, "magnitude_pinning": PINNING}
+                "seed": self.config.seed, "magnitude_pinning": PINNING,
+                "init": self.config.init_word or "class name",
+                "templates": list(self.config.templates) if self.config.templates else "imagenet_templates_small (27)"}
         theirs = {k: record.get(k) for k in ours}
+        theirs["init"] = theirs["init"] or "class name"  # banks of 0.2.2 and earlier record neither
+        theirs["templates"] = theirs["templates"] or "imagenet_templates_small (27)"
         if theirs["magnitude_pinning"] is None:
             theirs["magnitude_pinning"] = "rescaled after each step (dsi-bench 0.2 and earlier)"
         diff = [f"{k}: {theirs[k]!r} there, {v!r} now" for k, v in ours.items() if theirs[k] != v]
@@ -657,12 +681,12 @@ class TokenTrainer:
             g = gens[c]
             mean, std = latents[c]
             j = int(torch.randint(len(mean), (1,), generator=g))
-            k = int(torch.randint(len(IMAGENET_TEMPLATES), (1,), generator=g))
+            k = int(torch.randint(len(self.config.prompt_templates), (1,), generator=g))
             t = int(torch.randint(scheduler.config.num_train_timesteps, (1,), generator=g))
             eps_latent = torch.randn(mean[j].shape, generator=g)
             noises.append(torch.randn(mean[j].shape, generator=g))
             samples.append((mean[j] + std[j] * eps_latent.to(mean.device)) * self.vae.config.scaling_factor)
-            prompts.append(IMAGENET_TEMPLATES[k].format(self.tokens[self.row_of[c]]))
+            prompts.append(self.config.prompt_templates[k].format(self.tokens[self.row_of[c]]))
             timesteps.append(t)
         x0 = torch.stack(samples).to(spec.device)
         noise = torch.stack(noises).to(spec.device)
@@ -714,7 +738,7 @@ class TokenTrainer:
                          "precision": self.precision(),
                          "steps_done": {str(c): n for c, n in self.done.items()},
                          "state_sha256": self.state_sha256,
-                         "templates": "imagenet_templates_small (27)", "skipped_images": self.skipped,
+                         "skipped_images": self.skipped,
                          "losses_this_run": self.losses}})
 
     def precision(self) -> str:
@@ -775,6 +799,8 @@ def learn_tokens(
     allow_high_resolution: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    init_word: str | None = None,
+    templates: Sequence[str] | None = None,
     **deprecated_names,
 ) -> TokenBank:
     """Learn one token per class; returns a :class:`~dsi_bench.tokens.TokenBank`.
@@ -799,6 +825,10 @@ def learn_tokens(
         device, dtype: override the pipeline's. In float16/bfloat16 the frozen UNet and VAE run in that
             dtype under autocast, the text encoder and the new rows stay fp32, and fp16 uses a gradient scaler.
         max_steps_this_run: stop after this many steps (time-boxed jobs; rerun to continue).
+        init_word: start every token from this word's embedding (e.g. ``"object"``) instead of its
+            class name's (the reference); recorded in the bank as ``training.init``.
+        templates: the prompts to train in, each with ``{}`` where the token goes (default: the
+            reference's 27 ``imagenet_templates_small``); recorded as ``training.templates``.
         eval_draws: if > 0, the loss over this many fixed draws per class is measured before and
             after training each group (``bank.extra["training"]["held_out_loss"]``; ``None`` when no
             group was trained in this run).
@@ -820,7 +850,8 @@ def learn_tokens(
     reject_unknown(deprecated_names, "learn_tokens")
     config = TrainConfig.from_preset(preset, max_steps=max_steps, lr=lr, resolution=resolution,
                                      classes_per_batch=classes_per_batch, seed=seed, save_every=save_every,
-                                     eval_draws=eval_draws, allow_high_resolution=allow_high_resolution)
+                                     eval_draws=eval_draws, allow_high_resolution=allow_high_resolution,
+                                     init_word=init_word, templates=templates)
     spec = (pipeline or PipelineSpec()).replace(model=None if generator is None else os.fspath(generator),
                                                 device=device, dtype=dtype)
     from contextlib import nullcontext

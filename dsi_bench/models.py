@@ -9,6 +9,7 @@ Specs:
 * ``hf:ORG/NAME`` or ``hf:/local/folder``: a transformers image classifier and its image processor.
 * ``path/to/file.py:function`` or ``package.module:function``: a function returning an
   ``nn.Module``, or ``(module, transform)``.
+* ``world:NAME``: the embedded world's classifiers (``base``, ``augmented``, ``resnet``).
 * ``path/to/model.pt`` (TorchScript, ``torch.jit.save``).
 
 Weights load through those libraries; offline, :class:`~dsi_bench.errors.OfflineError` says
@@ -236,6 +237,14 @@ def _load_torchvision(name: str, weights: str | None, spec: str) -> LoadedModel:
         names = None
     return LoadedModel(module.eval(), transform, spec, w if not _is_path(w) else str(Path(w).expanduser()), prep,
                        _num_outputs(module), names)
+
+
+@register_model_kind("world", "world:NAME", "the embedded world's classifiers (world:base, world:augmented, "
+                     "world:resnet; 1000-way ImageNet outputs), or --weights a file from `dsi-bench world train`")
+def _load_world(name: str, weights: str | None, spec: str) -> LoadedModel:
+    from .world import load_classifier
+
+    return load_classifier(name, weights, spec)
 
 
 @register_model_kind("timm", "timm:NAME", "timm models (pip install 'dsi-bench[timm]') with timm's data config")

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: The reference generator.
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2"
+#: The reference's final image size (generated at 768 px, resized to 512 px).
+REFERENCE_OUT_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,16 @@ class PipelineSpec:
     """How images are generated. Every field that can change pixels is part of the sample key.
 
     Attributes:
-        model: a diffusers Stable Diffusion folder or Hub id.
+        model: a diffusers Stable Diffusion folder or Hub id, or ``"world"``: the embedded world's
+            generator (its shipped folder).
         revision: Hub branch, tag or commit (ignored for local folders).
         sampler: a name from :data:`SAMPLERS`.
         steps: denoising steps; ``None`` = the sampler's default (50 for ``euler``).
         guidance_scale: classifier-free guidance weight.
         gen_size: generation resolution in px; ``None`` = the model's native size (768 for SD2).
         out_size: final image size in px (PIL's default resize filter, bicubic, as the original);
-            ``None`` or 0 = keep ``gen_size``.
+            ``None`` or 0 = keep ``gen_size``; ``"auto"`` (the default) = 512 px, the reference's,
+            except for the embedded world, whose images keep their native 32 px (see :attr:`output_size`).
         negative_prompt: the unconditional prompt; ``None`` = empty (the reference's).
         batch_size: samples per denoiser call. Requests are always run in calls of exactly
             this many (the last call padded with repeats) because matrix kernels round
@@ -141,7 +145,7 @@ class PipelineSpec:
     steps: int | None = None
     guidance_scale: float = 7.5
     gen_size: int | None = None
-    out_size: int | None = 512
+    out_size: int | str | None = "auto"
     negative_prompt: str | None = None
     batch_size: int = 8
     device: str = "cpu"
@@ -153,7 +157,9 @@ class PipelineSpec:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "model", os.fspath(self.model))
+        from .embedded import resolve_world
+
+        set_(self, "model", resolve_world(os.fspath(self.model), "generator"))
         if self.sampler not in SAMPLERS:
             raise SpecError(
                 f"unknown sampler {self.sampler!r};{close_matches(self.sampler, SAMPLERS)} "
@@ -161,9 +167,10 @@ class PipelineSpec:
             )
         if self.out_size == 0:  # 0 = keep the generation size, as on the command line
             set_(self, "out_size", None)
-        for name in ("steps", "gen_size", "out_size"):
-            value = getattr(self, name)
-            check_positive_int(value, name, optional=True)
+        if self.out_size != "auto":
+            check_positive_int(self.out_size, "out_size", optional=True)
+        for name in ("steps", "gen_size"):
+            check_positive_int(getattr(self, name), name, optional=True)
         check_positive_int(self.batch_size, "batch_size", example=8)
         if self.gen_size is not None and self.gen_size % 8:
             raise SpecError(f"gen_size={self.gen_size} must be a multiple of 8 (the VAE's downsampling), e.g. 768")
@@ -186,6 +193,15 @@ class PipelineSpec:
     @property
     def preset(self) -> SamplerPreset:
         return SAMPLERS[self.sampler]
+
+    @property
+    def output_size(self) -> int | None:
+        """The final image size in px (``None``: the generation size); ``"auto"`` resolved."""
+        if self.out_size != "auto":
+            return self.out_size
+        from .embedded import is_world
+
+        return None if is_world(self.model) else REFERENCE_OUT_SIZE
 
     @property
     def num_steps(self) -> int:
@@ -224,7 +240,7 @@ class PipelineSpec:
             "steps": self.num_steps,
             "guidance_scale": float(self.guidance_scale),
             "gen_size": self.gen_size,
-            "out_size": self.out_size,
+            "out_size": self.output_size,
             "resize": RESIZE_FILTER,
             "negative_prompt": self.negative_prompt,
             "batch_size": self.batch_size,

@@ -269,8 +269,8 @@ class Synthesizer:
             flags = result.nsfw_content_detected
             for i, request in enumerate(chunk):
                 image = result.images[i]
-                if spec.out_size:
-                    image = resize_image(image, spec.out_size)
+                if spec.output_size:
+                    image = resize_image(image, spec.output_size)
                 meta = self.metadata(request)
                 meta["nsfw"] = None if flags is None else bool(flags[i])
                 out.append(GeneratedSample(request, image, meta))

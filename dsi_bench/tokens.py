@@ -30,13 +30,14 @@ import torch
 
 from .classes import ClassInfo, ClassList, imagenet_classes
 from .compat import reject_unknown, renamed
+from .embedded import resolve_world
 from .errors import ClassSpecError, OfflineError, TokenBankError
 from .files import atomic_write
 from .memo import Memo
 from .validate import is_int
 
 __all__ = ["IMAGENET_STAR_TOKENS_REPO", "TokenBank", "bank_class_list", "fetch_imagenet_star_tokens", "load_tokens",
-           "tokens_class_list"]
+           "token_classes", "tokens_class_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -668,12 +669,21 @@ def bank_class_list(tokens) -> ClassList | None:
         return tokens.custom_class_list
     if isinstance(tokens, str) and tokens in ("imagenet-star", IMAGENET_STAR_TOKENS_REPO):
         return None
-    path = Path(tokens).expanduser()
+    path = Path(resolve_world(tokens, "tokens")).expanduser()
     if not (path.is_file() and path.suffix == ".safetensors"):
         return None
     meta = _read_safetensors_meta(path)
     recorded = None if meta is None else _recorded_class_list(meta, path)
     return None if recorded is None or recorded.is_imagenet else recorded
+
+
+def token_classes(tokens, class_list: ClassList, classes=None) -> list[int]:
+    """The classes to generate: ``classes`` resolved in ``class_list``; when not given, every class of the
+    label space the tokens cover (all of it for the release's 1000, the world's ten for ``"world"``)."""
+    if classes is not None or tokens is None:
+        return class_list.resolve(classes)
+    covered = set(load_tokens(tokens, class_list=class_list).class_indices)
+    return [c for c in range(len(class_list)) if c in covered] or class_list.resolve(None)
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -720,7 +730,8 @@ def load_tokens(source, *, class_list: Sequence[ClassInfo] | None = None, **depr
     """Load a token bank from any supported source (read once per process and file version).
 
     Args:
-        source: a :class:`TokenBank`; ``"imagenet-star"`` (or the Hub repo id) to fetch the
+        source: a :class:`TokenBank`; ``"world"``: the embedded world's learned tokens;
+            ``"imagenet-star"`` (or the Hub repo id) to fetch the
             release's tokens; a dsi-bench ``.safetensors`` bank; the release's ``tokens.zip``
             or ``tokens/`` folder; a diffusers ``learned_embeds`` file or a folder of them.
         class_list: the classes of release/diffusers imports (default: ImageNet-1k).
@@ -735,6 +746,7 @@ def load_tokens(source, *, class_list: Sequence[ClassInfo] | None = None, **depr
         return source
     if isinstance(source, str) and source in ("imagenet-star", IMAGENET_STAR_TOKENS_REPO):
         source = fetch_imagenet_star_tokens()
+    source = resolve_world(source, "tokens")
     path = Path(source).expanduser()
     if path.exists():
         # Datasets for many shifts usually share one bank file: read it once per process.

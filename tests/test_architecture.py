@@ -13,13 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsi_bench"
 #: modules of its own layer or below, never above.
 LAYERS = [
     ("foundation", {"version", "errors", "compat", "validate", "files", "memo", "dist", "layout", "images", "devices",
-                    "online", "locks"}),
+                    "online", "locks", "embedded"}),
     ("vocabulary", {"shifts", "classes"}),
     ("models and statistics", {"tokens", "pipeline", "cache", "masks", "metrics"}),
     ("stores", {"synthesis", "shards", "release"}),
     ("sources", {"sources"}),
     ("dataset", {"datasets"}),
-    ("producers", {"folders", "build", "convert", "hub", "clip_metric", "learn", "models", "results", "testing"}),
+    ("producers", {"folders", "build", "convert", "hub", "clip_metric", "learn", "models", "results", "testing",
+                   "world"}),
     ("harness", {"evaluate", "score", "leaderboard"}),
     ("demo", {"demo"}),
     ("cli", {"cli"}),

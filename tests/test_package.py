@@ -38,10 +38,29 @@ def test_tiny_tokenizer_covers_any_text_without_unknowns():
     assert len(tok("golden retriever", add_special_tokens=False).input_ids) < len("golden retriever")  # merges learned
 
 
-def test_demo_runs_offline(tmp_path, capsys):
+def test_demo_runs_the_world_study_offline(tmp_path, capsys):
+    from PIL import Image
+
     from dsi_bench.cli import main
 
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--out", str(out_dir), "--per-class", "2", "--shifts", "at_night", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "40 samples (2 shifts x 10 world classes x 2)" in out
+    assert "all 1 shards (40 samples) match" in out or "all 2 shards (40 samples) match" in out
+    assert "CLIP filter (the world's CLIP, calibrated thresholds): kept base" in out
+    assert "The harness, world:base" in out and "McNemar p" in out
+    assert "world:augmented" in out and "world:resnet" in out
+    assert len(list((out_dir / "results").glob("*.json"))) == 3
+    assert (out_dir / "leaderboard" / "leaderboard.html").is_file()
+    twins = Image.open(out_dir / "twins.png")
+    assert twins.size[1] >= 64 and twins.size[0] > 10 * 2 * 64  # one row, a base/shift pair per class
+
+
+def test_plumbing_demo_runs_offline(tmp_path, capsys):
+    from dsi_bench.cli import main
+
+    assert main(["demo", "--plumbing", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "in_the_snow" in out and "RANDOM weights" in out
     assert len(list((tmp_path / "demo" / "images" / "oil_painting").rglob("*.png"))) == 20

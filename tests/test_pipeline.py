@@ -12,9 +12,18 @@ def test_defaults_reproduce_the_reference():
     assert spec.model == "stabilityai/stable-diffusion-2"
     assert spec.sampler == "euler" and spec.preset.scheduler == "EulerDiscreteScheduler"
     assert spec.num_steps == 50 and spec.guidance_scale == 7.5
-    assert spec.gen_size is None and spec.out_size == 512  # native (768 for SD2) -> 512
+    assert spec.gen_size is None and spec.output_size == 512  # native (768 for SD2) -> 512
+    assert spec.out_size == "auto" and spec.pixel_settings()["out_size"] == 512  # records the size, not "auto"
     assert spec.negative_prompt is None
     assert spec.device == "cpu" and spec.torch_dtype == torch.float32
+
+
+def test_the_world_generator_keeps_its_native_size_unless_told():
+    from dsi_bench.embedded import world_file
+
+    world = PipelineSpec(model="world")
+    assert world.model == str(world_file("generator")) and world.output_size is None
+    assert PipelineSpec(model="world", out_size=64).output_size == 64
 
 
 def test_dtype_follows_the_device():

@@ -8,7 +8,8 @@ from .common import Command, add_device, add_quiet, deprecated_flag, finite_floa
 def _add_clip(p, *, tokens_help: str) -> None:
     from ..clip_metric import CLIP_RULES, DEFAULT_CLIP, DEFAULT_RULE
 
-    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model folder or Hub id (default: %(default)s)")
+    p.add_argument("--clip", default=DEFAULT_CLIP,
+                   help="CLIP model folder or Hub id, or 'world' (the embedded world's) (default: %(default)s)")
     p.add_argument("--rule", choices=list(CLIP_RULES), default=DEFAULT_RULE,
                    help="reference: class-name caption + object-free shift caption (the original's); token-gain: "
                         "learned token + gain of the shifted prompt over the base prompt (default: %(default)s)")
@@ -29,6 +30,7 @@ class ClipFilter(Command):
                    "(dsi-bench clip-calibrate); pass a calibration with --thresholds.")
     examples = """
         dsi-bench clip-filter shards/ --thresholds clip_calibration.json
+        dsi-bench clip-filter world_shards/ --clip world
         dsi-bench clip-filter shards/ --rule token-gain --tokens tokens.zip
         dsi-bench eval --classifier torchvision:resnet50 --root shards/ --masks shards/clip_masks.npz
     """
@@ -39,7 +41,8 @@ class ClipFilter(Command):
         p.add_argument("--class-names", action="store_true", help="token-gain rule: score with class names even "
                        "if tokens fit")
         p.add_argument("--thresholds", default=None, metavar="JSON",
-                       help="thresholds fitted by clip-calibrate (default: the rule's placeholder thresholds)")
+                       help="thresholds fitted by clip-calibrate (default: the rule's placeholder thresholds; "
+                            "with --clip world, the world CLIP's calibrated ones)")
         p.add_argument("--object-threshold", type=finite_float("--object-threshold"), default=None,
                        help="override the object threshold (default: 0.2, or the --thresholds file's)")
         p.add_argument("--shift-threshold", type=finite_float("--shift-threshold"), default=None,

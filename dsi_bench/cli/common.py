@@ -168,8 +168,8 @@ def add_samples(parser) -> None:
     add_shifts(parser, "default: base")
     parser.add_argument("--shift", action="append",
                         help="one shift name, template or phrase (commas allowed); repeat for several")
-    parser.add_argument("--classes", default="all", help="indices, ranges, names or ids of the label space, e.g. "
-                        "0-9,207 or goldfish (default: all)")
+    parser.add_argument("--classes", default=None, help="indices, ranges, names or ids of the label space, e.g. "
+                        "0-9,207 or goldfish, or all (default: every class the --tokens cover)")
     parser.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     parser.add_argument("--class-list", default=None, help="the label space: .txt (one name per line) or .json "
@@ -220,17 +220,20 @@ def add_pipeline(parser, *, cache: bool = True) -> None:
 
     g = parser.add_argument_group("generator")
     g.add_argument("--generator", default=DEFAULT_MODEL,
-                   help="the diffusion model: a diffusers folder or Hub id (default: %(default)s)")
+                   help="the diffusion model: a diffusers folder or Hub id, or 'world' (the embedded world's) "
+                        "(default: %(default)s)")
     deprecated_flag(g, "--model", "--generator", "generator")
     g.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: the main branch)")
     g.add_argument("--tokens", default="imagenet-star", help="token bank, tokens.zip, diffusers file/folder, "
-                   "'imagenet-star' (Hub) or 'none' for class names (default: %(default)s)")
+                   "'imagenet-star' (Hub), 'world' (the embedded world's learned tokens) or 'none' for class names "
+                   "(default: %(default)s)")
     g.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler preset (default: euler)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's, 50 for euler)")
     g.add_argument("--guidance-scale", type=finite_float("--guidance-scale", low=0, example=7.5), default=7.5,
                    help="classifier-free guidance (default: 7.5)")
     g.add_argument("--gen-size", type=int, default=None, help="generation size in px (default: model native)")
-    g.add_argument("--out-size", type=int, default=512, help="output size in px, 0 = keep (default: 512)")
+    g.add_argument("--out-size", type=non_negative_int, default=None,
+                   help="output size in px, 0 = keep (default: 512; the world's generator: its native 32)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: none, as the original)")
     g.add_argument("--batch-size", type=int, default=8,
                    help="samples per denoiser call; part of the sampler settings (default: 8)")
@@ -257,7 +260,7 @@ def pipeline_from(args):
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         gen_size=args.gen_size,
-        out_size=args.out_size or None,
+        out_size="auto" if args.out_size is None else (args.out_size or None),
         negative_prompt=args.negative_prompt,
         batch_size=args.batch_size,
         device=args.device,

@@ -120,8 +120,9 @@ class Eval(Command):
         from ..pipeline import DEFAULT_MODEL
 
         g = p.add_argument_group("generation (--source synth)")
-        g.add_argument("--generator", default=DEFAULT_MODEL, help="diffusers folder or Hub id (default: %(default)s)")
-        g.add_argument("--tokens", default="imagenet-star", help="class tokens (default: %(default)s)")
+        g.add_argument("--generator", default=DEFAULT_MODEL,
+                       help="diffusers folder or Hub id, or 'world' (default: %(default)s)")
+        g.add_argument("--tokens", default="imagenet-star", help="class tokens, or 'world' (default: %(default)s)")
         g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampler's)")
         g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
         g.add_argument("--gen-device", default=None, help="device for generation (default: the --device)")

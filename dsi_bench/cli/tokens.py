@@ -51,7 +51,7 @@ class LearnTokens(Command):
 
         p.add_argument("--data", required=True, help="ImageFolder-style folder or a saved Hugging Face dataset")
         p.add_argument("--generator", default=DEFAULT_MODEL,
-                       help="the diffusion model: a diffusers folder or Hub id (default: %(default)s)")
+                       help="the diffusion model: a diffusers folder or Hub id, or 'world' (default: %(default)s)")
         deprecated_flag(p, "--model", "--generator", "generator")
         p.add_argument("--revision", default=None, help="Hub branch, tag or commit of --generator (default: main)")
         p.add_argument("--out", required=True, help="token bank to write (.safetensors); resumes if it exists")
@@ -72,6 +72,11 @@ class LearnTokens(Command):
         p.add_argument("--allow-high-resolution", action="store_true",
                        help=f"allow --resolution above {MAX_RESOLUTION_OVER_NATIVE}x the native size (slow: cost "
                             "grows with the square of the size)")
+        p.add_argument("--init-word", default=None,
+                       help="start every token from this word (e.g. object) instead of its class name (the reference)")
+        p.add_argument("--template", action="append", dest="templates", metavar="TEMPLATE",
+                       help="a prompt to train in, with {} where the token goes; repeatable (default: the "
+                            "reference's 27 'a photo of a {}' templates)")
         p.add_argument("--classes-per-batch", type=int, default=8, help="classes trained together (default: 8)")
         p.add_argument("--seed", type=int, default=0, help="seed of each class's draws (default: 0)")
         p.add_argument("--overwrite", action="store_true",
@@ -102,6 +107,8 @@ class LearnTokens(Command):
             max_steps_this_run=args.max_steps_this_run,
             progress=not args.quiet,
             overwrite=args.overwrite,
+            init_word=args.init_word,
+            templates=args.templates,
         )
         done = bank.extra["training"]["steps_done"]
         total = bank.extra["training"]["steps"]

@@ -37,7 +37,10 @@ class SynthSource(Source):
         if masks not in (False, None):
             raise SpecError("masks apply to prebuilt sources ('shards', 'imagenet-star', 'hub'); for generated "
                             "samples, filter with the CLIP metric instead")
-        classes = list(range(len(class_list))) if classes is None else classes
+        if classes is None:  # every class of the label space the tokens cover (all of them for the release's)
+            from ..tokens import token_classes
+
+            classes = token_classes(tokens, class_list)
         super().__init__(root, shift, class_list=class_list, classes=classes, per_class=per_class or 50)
         self.seed = seed
         spec = (pipeline or PipelineSpec()).replace(
@@ -87,7 +90,7 @@ class SynthSource(Source):
 
     def describe(self) -> list[str]:
         spec = self.spec
-        size = f"{spec.gen_size or 'native'}->{spec.out_size or 'same'} px"
+        size = f"{spec.gen_size or 'native'}->{spec.output_size or 'same'} px"
         s = self.synthesizer
         return [
             f"Per class: {self.per_class}, seed: {self.seed}",
