@@ -290,11 +290,6 @@ class TrainConfig:
             if bad or not self.templates:
                 raise SpecError(f"templates {list(bad or self.templates)!r} must each hold '{{}}' exactly once "
                                 "(where the token goes), e.g. 'a photo of a {}'")
-
-    @property
-    def prompt_templates(self) -> tuple[str, ...]:
-        """The prompts the tokens are trained in (default: the reference's 27)."""
-        return self.templates or IMAGENET_TEMPLATES
         check_choice(self.preset, "preset", PRESETS)
         check_positive_int(self.max_steps, "max_steps", example=1000)
         if self.resolution is not None:
@@ -305,6 +300,11 @@ class TrainConfig:
         check_non_negative_int(self.eval_draws, "eval_draws")
         check_finite_float(self.lr, "lr", above=0, example=5e-4)
         check_finite_float(self.weight_decay, "weight_decay", low=0, example=1e-2)
+
+    @property
+    def prompt_templates(self) -> tuple[str, ...]:
+        """The prompts the tokens are trained in (default: the reference's 27)."""
+        return self.templates or IMAGENET_TEMPLATES
 
     @classmethod
     def from_preset(cls, preset: str = "reference", **overrides) -> TrainConfig:

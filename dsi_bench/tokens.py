@@ -680,7 +680,8 @@ def bank_class_list(tokens) -> ClassList | None:
 def token_classes(tokens, class_list: ClassList, classes=None) -> list[int]:
     """The classes to generate: ``classes`` resolved in ``class_list``; when not given, every class of the
     label space the tokens cover (all of it for the release's 1000, the world's ten for ``"world"``)."""
-    if classes is not None or tokens is None:
+    if classes is not None or tokens is None or (isinstance(tokens, str) and tokens in (
+            "imagenet-star", IMAGENET_STAR_TOKENS_REPO)):  # the release covers every ImageNet class: no fetch
         return class_list.resolve(classes)
     covered = set(load_tokens(tokens, class_list=class_list).class_indices)
     return [c for c in range(len(class_list)) if c in covered] or class_list.resolve(None)

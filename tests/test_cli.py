@@ -522,7 +522,7 @@ def test_generate_that_fails_leaves_nothing_and_eval_names_a_generate_folder(tmp
     base = ["generate", "--generator", str(tiny_model), "--tokens", str(two), "--shifts", "base",
             "--per-class", "1", "--steps", "2", "--out-size", "0", "-q"]
     out = tmp_path / "out"
-    assert main([*base, "--out", str(out)]) == 2  # default classes: all 1000, the bank covers a few
+    assert main([*base, "--classes", "all", "--out", str(out)]) == 2  # all 1000 asked for, the bank covers a few
     err = capsys.readouterr().err
     assert "it covers 2 classes (0-1)" in err and "--classes 0-1" in err, err
     assert not out.exists()
@@ -538,6 +538,11 @@ def test_generate_that_fails_leaves_nothing_and_eval_names_a_generate_folder(tmp
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # ours removed, the user's kept
 
     gen = tmp_path / "gen"
+    covered = tmp_path / "covered"  # without --classes: every class the bank covers
+    assert main([*base, "--out", str(covered)]) == 0
+    assert sorted(p.name for p in (covered / "base").iterdir() if p.is_dir()) == ["0000", "0001"]
+    capsys.readouterr()
+
     assert main([*base, "--classes", "0", "--out", str(gen)]) == 0
     assert main(["eval", "--classifier", "dsi_bench.testing:oracle_classifier", "--root", str(gen)]) == 2
     err = capsys.readouterr().err
