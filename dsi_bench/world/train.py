@@ -230,8 +230,9 @@ def _train_vae(out: Path, config: WorldConfig, position: int, progress: bool) ->
 
 
 # ---------------------------------------------------------------------------------------------- unet
-#: Prompt length of the world's tokenizer: its longest catalog prompt is 12 tokens; 24 leaves room for
-#: custom phrases at a third of the cross-attention cost of Stable Diffusion's 77.
+#: Prompt length of the world's tokenizer, a third of Stable Diffusion's 77 (cross-attention cost). The
+#: tiny tokenizer spells most words in pieces, so 7 of the 240 catalog prompts (in bright sunlight / studio
+#: lighting with a long class name) lose their last pieces, in training and generation alike.
 PROMPT_TOKENS = 24
 
 
