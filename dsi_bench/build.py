@@ -673,7 +673,7 @@ def build_shards(
         for device in devices or [spec.device]:
             resolve_device(device, check=True)
     class_list = tokens_class_list(tokens, class_list)
-    indices = token_classes(tokens, class_list, classes)
+    indices = token_classes(tokens, class_list, classes, spec.model)
     shift_objs = [get_shift(s) for s in shifts]
     if len({s.id for s in shift_objs}) != len(shift_objs):
         raise SpecError(f"shifts {[s.id for s in shift_objs]} name the same shift twice")

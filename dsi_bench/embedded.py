@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-__all__ = ["WORLD", "WORLD_WEIGHTS", "is_world", "resolve_world", "world_file"]
+__all__ = ["WORLD", "WORLD_WEIGHTS", "is_world", "resolve_world", "world_class_indices", "world_file"]
 
 #: The name that stands for the embedded world.
 WORLD = "world"
@@ -34,6 +34,13 @@ def world_file(component: str) -> Path:
         raise ModelLoadError(f"the embedded world's {component} is missing ({path}); reinstall dsi-bench, or "
                              f"regenerate the world with `dsi-bench world train --out {WORLD_WEIGHTS}`")
     return path
+
+
+def world_class_indices() -> list[int]:
+    """The ImageNet indices of the world's classes (from the shipped manifest)."""
+    import json
+
+    return [int(c["index"]) for c in json.loads(world_file("manifest").read_text(encoding="utf-8"))["classes"]]
 
 
 def is_world(value) -> bool:

@@ -87,7 +87,7 @@ def generate_folder(
     shift_objs = [get_shift(s) for s in shifts]
     check_model(spec.model)
     class_list = tokens_class_list(tokens, class_list)
-    indices = token_classes(tokens, class_list, classes)
+    indices = token_classes(tokens, class_list, classes, spec.model)
     check_sample_counts(per_class, len(indices), len(shift_objs))
     created: list[Path] = [] if Path(out).exists() else [Path(out)]
     out = ensure_writable_dir(out, "output folder")

@@ -142,6 +142,14 @@ class Synthesizer:
         Raises:
             TokenBankError, CacheError: a bank missing a class or too wide/narrow; an unwritable cache.
         """
+        from .embedded import is_world
+        from .tokens import IMAGENET_STAR_TOKENS_REPO
+
+        if is_world(pipeline.model) and isinstance(tokens, str) and tokens in ("imagenet-star",
+                                                                                IMAGENET_STAR_TOKENS_REPO):
+            raise TokenBankError("the ImageNet* tokens belong to Stable Diffusion 2, not to the world's generator; "
+                                 "pass tokens='world' (--tokens world: the world's learned tokens) or tokens=None "
+                                 "(--tokens none: class words, what the world study uses)")
         bank = None
         if tokens is not None:
             bank = load_tokens(tokens, class_list=class_list)

@@ -677,9 +677,14 @@ def bank_class_list(tokens) -> ClassList | None:
     return None if recorded is None or recorded.is_imagenet else recorded
 
 
-def token_classes(tokens, class_list: ClassList, classes=None) -> list[int]:
+def token_classes(tokens, class_list: ClassList, classes=None, generator=None) -> list[int]:
     """The classes to generate: ``classes`` resolved in ``class_list``; when not given, every class of the
-    label space the tokens cover (all of it for the release's 1000, the world's ten for ``"world"``)."""
+    label space the tokens cover (all of it for the release's 1000, the world's ten for ``"world"``), and
+    with class words (``tokens=None``) on the world's generator, the world's ten classes."""
+    from .embedded import is_world, world_class_indices
+
+    if classes is None and tokens is None and is_world(generator) and class_list.is_imagenet:
+        return world_class_indices()
     if classes is not None or tokens is None or (isinstance(tokens, str) and tokens in (
             "imagenet-star", IMAGENET_STAR_TOKENS_REPO)):  # the release covers every ImageNet class: no fetch
         return class_list.resolve(classes)

@@ -92,3 +92,16 @@ def test_cli_world_render_draws_every_class_in_every_context(tmp_path):
 
     assert main(["world", "render", "--out", str(tmp_path / "w.png"), "--scale", "1"]) == 0
     assert Image.open(tmp_path / "w.png").size == (320, 768)
+
+
+def test_the_world_generator_takes_its_own_classes_and_refuses_the_release_tokens(tmp_path, capsys):
+    from dsi_bench import ShiftedImageNet
+    from dsi_bench.cli import main
+    from dsi_bench.world import WORLD_CLASSES
+
+    world = [c.index for c in WORLD_CLASSES]
+    assert ShiftedImageNet("in the snow", generator="world", tokens=None, per_class=1).class_indices == world
+    assert ShiftedImageNet("base", generator="world", tokens="world", per_class=1).class_indices == world
+    assert main(["generate", "--generator", "world", "--shift", "base", "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "belong to Stable Diffusion 2" in err and "--tokens none" in err and not (tmp_path / "o").exists()

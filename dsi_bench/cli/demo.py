@@ -58,7 +58,8 @@ class Demo(Command):
         first = next(iter(study.results))
         print(f"\nThe harness, {first} (trained on base renders only), on the CLIP-filtered shards:")
         print(study.results[first].table())
-        print("\nEvery world classifier: top-1 % (paired drop vs base in points; * McNemar p < 0.01)")
+        print("\nEvery world classifier: top-1 % (in brackets: the paired drop from base in points, + = worse; "
+              "* McNemar p < 0.01)")
         print(comparison_table(study.results))
         board = study.leaderboard
         plots = f"{len(board['plots'])} plots" if board.get("plots") else "no plots: pip install 'dsi-bench[plots]'"

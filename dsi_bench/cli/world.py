@@ -87,7 +87,9 @@ class World(Command):
               f"torch {m['versions']['torch']}, diffusers {m['versions']['diffusers']}")
         for stage, record in m["stages"].items():
             facts = {k: v for k, v in record.items() if k not in ("seconds", "tokens") and not isinstance(v, dict)}
-            print(f"  {stage}: {record['seconds'] / 60:.1f} min {facts if facts else ''}")
+            facts.update({k: f"held-out base top-1 {v['held_out_base_top1']:.3f}" for k, v in record.items()
+                          if isinstance(v, dict) and "held_out_base_top1" in v})
+            print(f"  {stage}: {record['seconds'] / 60:.1f} min; " + ", ".join(f"{k} {v}" for k, v in facts.items()))
         return 0
 
 

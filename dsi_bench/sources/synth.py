@@ -37,17 +37,17 @@ class SynthSource(Source):
         if masks not in (False, None):
             raise SpecError("masks apply to prebuilt sources ('shards', 'imagenet-star', 'hub'); for generated "
                             "samples, filter with the CLIP metric instead")
-        if classes is None:  # every class of the label space the tokens cover (all of them for the release's)
-            from ..tokens import token_classes
-
-            classes = token_classes(tokens, class_list)
-        super().__init__(root, shift, class_list=class_list, classes=classes, per_class=per_class or 50)
-        self.seed = seed
         spec = (pipeline or PipelineSpec()).replace(
             model=os.fspath(generator) if generator is not None else None, **overrides)
         if generator is None and pipeline is None:
             spec = spec.replace(model=DEFAULT_MODEL)
         check_model(spec.model)
+        if classes is None:  # every class the tokens cover (all for the release's; the world's ten on its generator)
+            from ..tokens import token_classes
+
+            classes = token_classes(tokens, class_list, None, spec.model)
+        super().__init__(root, shift, class_list=class_list, classes=classes, per_class=per_class or 50)
+        self.seed = seed
         self.synthesizer = Synthesizer.open(spec, tokens, class_list, self.classes, cache_dir)
         self.read_batch = spec.batch_size
 
