@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecError
-from ..files import atomic_write
+from ..files import atomic_write, sha256_file
 from .scene import CONTEXTS, SIZE, WORLD_CLASSES, caption, render, render_array
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,11 @@ def _as_tensor(images: np.ndarray):
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+def _set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def _stage_dir(out: Path) -> Path:
     return out / ".train"
 
@@ -201,8 +206,7 @@ def _train_vae(out: Path, config: WorldConfig, position: int, progress: bool) ->
     for step in range(start, config.vae_steps):
         g = _gen(config, "vae", step)
         lr = config.vae_lr * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        _set_lr(opt, lr)
         x = images[torch.randint(len(images), (config.vae_batch,), generator=g)]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
@@ -320,8 +324,7 @@ def _train_unet(out: Path, config: WorldConfig, position: int, progress: bool) -
         g = _gen(config, "unet", step)
         cosine = 0.5 * (1 + math.cos(math.pi * step / config.unet_steps))
         lr = config.unet_lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * cosine)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        _set_lr(opt, lr)
         idx = torch.randint(len(latents), (config.unet_batch,), generator=g)
         x0, tok = latents[idx], ids[idx].clone()
         tok[torch.rand(len(idx), generator=g) < config.cond_drop] = empty
@@ -447,8 +450,7 @@ def _train_clip(out: Path, config: WorldConfig, position: int, progress: bool) -
     for step in range(start, config.clip_steps):
         g = _gen(config, "clip", step)
         lr = config.clip_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / config.clip_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        _set_lr(opt, lr)
         idx = torch.randint(len(pixels), (config.clip_batch,), generator=g)
         form = torch.multinomial(torch.tensor([0.5, 0.25, 0.25]), len(idx), replacement=True, generator=g)
         caps = text_ids[idx, form]
@@ -614,8 +616,7 @@ def _train_classifiers(out: Path, config: WorldConfig, position: int, progress: 
         for step in range(config.classifier_steps):
             g = _gen(config, f"classifier/{name}", step)
             lr = config.classifier_lr * 0.5 * (1 + math.cos(math.pi * step / config.classifier_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            _set_lr(opt, lr)
             idx = torch.randint(len(x_all), (config.classifier_batch,), generator=g)
             x = _augment(x_all[idx], g, colour)
             loss = torch.nn.functional.cross_entropy(net(x), y_all[idx], label_smoothing=0.05)
@@ -655,14 +656,6 @@ def _run_chain(out: str, config: WorldConfig, chain: tuple[str, ...], position: 
         _mark_done(out, stage, record)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_config(out: Path, config: WorldConfig) -> None:
     saved = _stage_dir(out) / "config.json"
     if saved.exists():
@@ -687,7 +680,7 @@ def write_manifest(out: Path, config: WorldConfig) -> dict:
     files = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file() and ".train" not in p.parts
                        and p.name != "manifest.json"):
-        files[path.relative_to(out).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(out).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {
         "format": "dsi-bench-world/1",
         "classes": [dataclasses.asdict(c) for c in WORLD_CLASSES],
