@@ -2,9 +2,10 @@
 
 :func:`run_world_study` generates base and eight shifts of every world class with the world's
 generator (class words in the prompts), writes them as verified WebDataset shards, CLIP-filters them with the
-world's CLIP, evaluates the world's three classifiers with paired statistics, writes a leaderboard
-and a picture of base/shift twins. The tiny random pipeline (:func:`run_demo` and friends) stays
-for plumbing checks: it exercises every code path in seconds, but its images are noise.
+world's CLIP, evaluates the world's three classifiers with paired statistics, writes a leaderboard,
+a visual report (the flips next to their twins) and a picture of base/shift twins. The tiny random
+pipeline (:func:`run_demo` and friends) stays for plumbing checks: it exercises every code path in
+seconds, but its images are noise.
 
 It sits on top of every other module (it drives them all), so nothing below imports it.
 """
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .build import BuildSummary
+    from .report import Report
     from .results import Results
     from .shards import VerifyReport
 
@@ -49,6 +51,7 @@ class WorldStudy:
     results: dict = field(default_factory=dict)  # classifier spec -> Results
     leaderboard: dict = field(default_factory=dict)
     twins: Path | None = None
+    report: Report | None = None
 
 
 def run_world_study(out: str | os.PathLike = "demo_out", *, shifts=WORLD_STUDY_SHIFTS, per_class: int = 10,
@@ -57,8 +60,9 @@ def run_world_study(out: str | os.PathLike = "demo_out", *, shifts=WORLD_STUDY_S
     """The study on the embedded world, end to end (offline, a few minutes on 2 CPU cores).
 
     Args:
-        out: the study's folder: ``shards/`` (with ``clip_masks.npz``), ``results/``, ``leaderboard/``,
-            ``twins.png`` and the sample cache ``cache/``. A rerun reuses what is there.
+        out: the study's folder: ``shards/`` (with ``clip_masks.npz``), ``results/`` (with each model's
+            predictions), ``leaderboard/``, the visual report ``report/``, ``twins.png`` and the sample
+            cache ``cache/``. A rerun reuses what is there.
         shifts: shift ids (``base`` first: the paired statistics compare every shift with it).
         per_class: samples per class and shift (10: 100 base/shift pairs per shift).
         classifiers: classifier specs to evaluate.
@@ -91,6 +95,10 @@ def run_world_study(out: str | os.PathLike = "demo_out", *, shifts=WORLD_STUDY_S
 
     plots = importlib.util.find_spec("matplotlib") is not None  # the [plots] extra; make demo installs it
     study.leaderboard = make_leaderboard(out / "results", out / "leaderboard", plots=plots)
+    from .report import make_report
+
+    study.report = make_report([out / "results" / f"{c.replace(':', '-')}.json" for c in classifiers],
+                               out / "report", progress=progress)
     others = [s for s in shifts if s != "base"]
     if "base" in shifts and others:
         study.twins = out / "twins.png"

@@ -13,19 +13,18 @@ predictions are gathered and every rank computes the same results, equal to one 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import logging
 import os
 import platform
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .errors import CacheError, DsiBenchError, SpecError
 from .models import ClassMap, LoadedModel, load_model
-from .results import Results, ShiftPredictions, build_results
+from .results import Results, ShiftPredictions, build_results, write_predictions
 
 __all__ = ["data_arguments", "data_info", "evaluate", "hardware_info", "resolve_shifts", "write_predictions"]
 
@@ -117,7 +116,8 @@ def data_info(source: str, root, masks, classes, fingerprints: dict[str, str], m
 
 
 class _Predictor:
-    """logits -> top-k label-space indices, through an optional class map and class restriction."""
+    """logits -> (top-k label-space indices, top-1 probability), through an optional class map and class
+    restriction (the probability is the softmax over the outputs the model may predict)."""
 
     def __init__(self, num_classes: int, class_map: ClassMap | None, allowed: Sequence[int] | None, k: int = 5):
         import torch
@@ -155,12 +155,14 @@ class _Predictor:
         if bool(mask.any()):
             logits = logits.masked_fill(mask, float("-inf"))
         k = min(self.k, outputs)
-        idx = logits.topk(k, dim=1).indices.cpu()
+        best = logits.topk(k, dim=1)
+        confidence = (best.values[:, 0] - logits.logsumexp(dim=1)).exp().cpu()
+        idx = best.indices.cpu()
         if self.targets is not None:
             idx = self.targets[idx]
         if k < self.k:
             idx = torch.cat([idx, torch.full((idx.shape[0], self.k - k), -1, dtype=idx.dtype)], dim=1)
-        return idx
+        return idx, confidence
 
 
 #: Dataset arguments recorded in ``results["run"]["dataset"]`` even when left at their defaults.
@@ -265,8 +267,10 @@ def evaluate(
             ``"synth"``).
         device, amp, channels_last: where and how to run the classifier (AMP: fp16 on CUDA, bf16 on CPU;
             ``channels_last`` defaults to on for CUDA).
-        predictions: also write per-sample predictions as CSV (``key,label,prediction,top5``),
-            which ``dsi-bench score`` reads back to the same results.
+        predictions: also write per-sample predictions here now, as CSV (``key,label,prediction,top5,
+            confidence``; gzip-compressed for a ``.gz`` path), which ``dsi-bench score`` reads back to the
+            same results. Without it, ``results.save(path)`` keeps them beside the results
+            (``NAME.predictions.csv.gz``), where the visual report finds them.
 
     Deprecated (0.2): ``evaluate(model, shifts, source, root, classes=..., masks=..., ...)``; the
     classifier was ``model=`` and the data's arguments were keywords of ``evaluate`` itself.
@@ -358,7 +362,7 @@ def evaluate(
                                 pin_memory=is_cuda, persistent_workers=False,
                                 prefetch_factor=4 if num_workers else None)
             keys: list[str] = []
-            labels, tops = [], []
+            labels, tops, confidences = [], [], []
             with torch.inference_mode(), tqdm(total=len(expected), desc=shift_id, unit="img",
                                               disable=not (progress and rank0), dynamic_ncols=True) as bar, \
                     _worker_errors_unwrapped():
@@ -368,17 +372,20 @@ def evaluate(
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype, enabled=amp):
                         logits = module(x)
-                    tops.append(predictor(logits))
+                    top, confidence = predictor(logits)
+                    tops.append(top)
+                    confidences.append(confidence)
                     labels.append(y)
                     keys.extend(k)
                     bar.update(len(k))
             shard = (keys, torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-                     torch.cat(tops).numpy() if tops else np.zeros((0, 5), np.int64))
+                     torch.cat(tops).numpy() if tops else np.zeros((0, 5), np.int64),
+                     torch.cat(confidences).numpy().astype(np.float32) if confidences else np.zeros(0, np.float32))
             if dist is not None:
                 gathered = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, shard)
                 keys = [k for g in gathered for k in g[0]]
-                shard = (keys, np.concatenate([g[1] for g in gathered]), np.concatenate([g[2] for g in gathered]))
+                shard = (keys, *(np.concatenate([g[i] for g in gathered]) for i in (1, 2, 3)))
             if len(keys) != len(expected) or set(keys) != set(expected):
                 seen = set(keys)
                 missing = [k for k in expected if k not in seen]
@@ -409,8 +416,10 @@ def evaluate(
                     dataset=_jsonable({**{k: defaults[k] for k in _RECORDED_DEFAULTS}, **args}))
     results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
                             label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k)
+    results.predictions = preds
     if predictions is not None and rank0:
         _write_predictions_keeping(preds, predictions, results)
+        results.predictions_file = Path(predictions).expanduser()
     return results
 
 
@@ -441,16 +450,3 @@ def _worker_errors_unwrapped():
         if not (text.startswith("Caught ") and "Original Traceback" in text and at >= 0):
             raise
         raise type(e)(text[at + len(prefix):].rstrip("\n")) from e
-
-
-def write_predictions(preds: dict[str, ShiftPredictions], path: str | os.PathLike) -> None:
-    """Per-sample predictions as CSV: ``key,label,prediction,top5`` (top5 space-separated)."""
-    from .files import atomic_write
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["key", "label", "prediction", "top5"])
-    for p in preds.values():
-        for key, label, top in zip(p.keys, p.labels.tolist(), p.topk.tolist()):
-            w.writerow([key, label, top[0], " ".join(str(t) for t in top)])
-    atomic_write(path, buf.getvalue().encode())

@@ -32,7 +32,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import OptionalDependencyError, SpecError
+from .errors import DsiBenchError, OptionalDependencyError, SpecError
 from .files import atomic_write, check_writable
 from .metrics import METRICS, Metric, rankable_metrics
 from .results import Results, describe_data
@@ -177,8 +177,11 @@ def _rows(group, shifts: list[str], metric: Metric) -> list[dict]:
     return rows
 
 
-def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sort: str = "top1") -> dict[str, Path]:
-    """Write ``leaderboard.md``, ``.csv``, ``.html`` and ``plots/*.png`` into ``out``.
+def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sort: str = "top1",
+                     reports: bool = True) -> dict[str, Path]:
+    """Write ``leaderboard.md``, ``.csv``, ``.html`` and ``plots/*.png`` into ``out``, and with ``reports``
+    each group's visual report (:func:`~dsi_bench.report.make_report`) into ``reports/``, linked from
+    the HTML table's model names.
 
     Args:
         results: a folder of results files (searched recursively) or a list of paths.
@@ -188,7 +191,8 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
             over the shifts other than base, best first in the metric's own direction.
 
     Returns:
-        ``{"md", "csv", "html", "plots": [...], "groups": n}`` paths and counts.
+        ``{"md", "csv", "html", "plots": [...], "groups": n, "reports": {results file: page}}`` paths and
+        counts (results without their per-sample predictions get no report).
 
     Raises:
         SpecError: an unknown or unrankable ``sort``; no or unreadable results.
@@ -220,6 +224,7 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
               "shifts_evaluated", *shifts, "data_fingerprint", "masks", "decode", "file"]
     writer.writerow(header)  # shift ids and metric names: our own identifiers
     html_tables = []
+    pages: dict[str, Path] = {}
     plot_names = _plot_names(groups) if plots else {}
     group_plots: list[list[Path]] = []
     for gi, group in enumerate(groups):
@@ -249,11 +254,40 @@ def make_leaderboard(results, out: str | os.PathLike, *, plots: bool = True, sor
         md.append("")
         written = _plots(group, shifts, out / "plots", metric, plot_names, gi) if plots else []
         group_plots.append(written)
-        html_tables.append(_html_table(title, about, rows, shifts, gi, metric, written))
+        compare = None
+        if reports:
+            found = _group_report(group, out / "reports" / f"group{gi + 1}")
+            pages.update(found)
+            if len(found) > 1:
+                compare = f"reports/group{gi + 1}/index.html"
+            for r, (path, _) in zip(rows, group):
+                if path in pages:
+                    r["report"] = Path(os.path.relpath(pages[path], out)).as_posix()
+        html_tables.append(_html_table(title, about, rows, shifts, gi, metric, written, compare))
     return {"md": atomic_write(out / "leaderboard.md", "\n".join(md).encode()),
             "csv": atomic_write(out / "leaderboard.csv", csv_buf.getvalue().encode()),
             "html": atomic_write(out / "leaderboard.html", _html_page(html_tables, what).encode()),
-            "plots": [p for g in group_plots for p in g], "groups": len(groups)}
+            "plots": [p for g in group_plots for p in g], "groups": len(groups), "reports": pages}
+
+
+def _group_report(group, folder: Path) -> dict[str, Path]:
+    """The visual report of a group's results that kept their predictions (a warning for the others)."""
+    from .report import make_report
+
+    with_predictions = []
+    for path, r in group:
+        found = r.predictions_source(path)
+        if found is not None and found.is_file():
+            with_predictions.append(path)
+        else:
+            logger.warning("no visual report for %s: its per-sample predictions are not beside it", path)
+    if not with_predictions:
+        return {}
+    try:
+        return make_report(with_predictions, folder, progress=False).pages
+    except DsiBenchError as e:
+        logger.warning("no visual report for %s: %s", ", ".join(with_predictions), e)
+        return {}
 
 
 def _rank(rank: int | None) -> str:
@@ -278,7 +312,8 @@ def _plot_names(groups) -> dict[str, str]:
     return names
 
 
-def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: list[Path]) -> str:
+def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: list[Path],
+                compare: str | None = None) -> str:
     cols = [("#", "rank"), ("model", "model"), ("mean", "mean"), ("base", "base"),
             ("worst shift", "worst_shift"), ("worst", "worst")] + [(s, s) for s in shifts if s != "base"]
     head = "".join(f'<th onclick="sortTable({gi},{i})">{html.escape(c)}</th>' for i, (c, _) in enumerate(cols))
@@ -295,13 +330,22 @@ def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: lis
                 cells.append(f'<td data-v="{v:.6f}">{_cell(metric, v)}{interval}</td>')
             elif v is None:
                 cells.append('<td data-v="-1">-</td>')
+            elif key == "model" and r.get("report"):
+                cells.append(f'<td data-v="{html.escape(str(v))}"><a href="{html.escape(r["report"])}">'
+                             f"{html.escape(str(v))}</a></td>")
             else:
                 cells.append(f'<td data-v="{html.escape(str(v))}">{html.escape(str(v))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     about_html = "".join(f"<li>{label}: {html.escape(about[key])}</li>" for label, key in
                          (("Data", "data"), ("Fingerprint", "fingerprint"), ("Masks", "masks"),
                           ("JPEG decoding", "decode")))
-    note = ("<p>Each value with its 95% Wilson interval below it.</p>" if metric.interval else "")
+    note = ("<p>Each value with its 95% Wilson interval below it." if metric.interval else "<p>")
+    if any(r.get("report") for r in rows):
+        note += " A model's name opens its visual report (the images it got wrong, next to their twins)."
+    if compare:
+        note += (f' <a href="{html.escape(compare)}">Compare these models\' failures</a> (which flips they share, '
+                 "which are one model's alone).")
+    note += "</p>"
     figures = "".join(f'<figure><img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
                       f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in plots)
     return (f"<h2>{html.escape(title)}</h2><ul>{about_html}</ul>{note}"

@@ -85,15 +85,18 @@ def per_class_accuracy(labels: np.ndarray, correct: np.ndarray, num_classes: int
 # ---------------------------------------------------------------------- predictions
 @dataclass
 class ShiftPredictions:
-    """One shift's predictions: keys, true labels, top-k predicted labels (``-1`` = none)."""
+    """One shift's predictions: keys, true labels, top-k predicted labels (``-1`` = none), and the
+    model's probability of its top-1 label where it gives one (softmax over the classes it may predict)."""
 
     keys: list[str]
     labels: np.ndarray
     topk: np.ndarray  # (n, k) label-space indices, best first
+    confidence: np.ndarray | None = None  # (n,) float32, or None: not given (scored predictions)
 
     def sorted(self) -> ShiftPredictions:
         order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-        return ShiftPredictions([self.keys[i] for i in order], self.labels[order], self.topk[order])
+        return ShiftPredictions([self.keys[i] for i in order], self.labels[order], self.topk[order],
+                                None if self.confidence is None else self.confidence[order])
 
     @property
     def correct(self) -> np.ndarray:

@@ -15,6 +15,9 @@ Schema ``dsi-bench/results`` version 2 (fractions in [0, 1]); the shape is :clas
   metric its mean over the shifts other than base and its worst shift (``summary.metrics``).
 * ``schema``, ``schema_version``, ``package_version``, ``date``, ``git_commit``, ``hardware``,
   ``label_space``.
+* ``predictions`` (:class:`PredictionsInfo`, optional): the per-sample predictions file saved with
+  the results (``eval`` keeps it beside them by default: ``NAME.predictions.csv.gz``), which the
+  visual report (:mod:`dsi_bench.report`) and ``dsi-bench score`` read.
 
 Files of schema version 1 load (they are upgraded in memory: ``run`` is ``None``, the summary
 gains ``metrics``); other versions are refused with a message naming the version.
@@ -49,10 +52,16 @@ __all__ = [
     "ShiftPredictions",
     "ShiftResult",
     "Summary",
+    "PREDICTIONS_SUFFIX",
+    "PredictionsInfo",
     "build_results",
     "describe_data",
+    "open_text",
+    "predictions_path",
+    "read_predictions_file",
     "summarize",
     "twin_key",
+    "write_predictions",
 ]
 
 SCHEMA = "dsi-bench/results"
@@ -143,7 +152,14 @@ class Summary(TypedDict):
     metrics: dict[str, MetricSummary]
 
 
-class ResultsDocument(TypedDict):
+class PredictionsInfo(TypedDict):
+    path: str  # relative to the results file's folder when beside it, else absolute
+    rows: int
+    sha256: str
+    confidence: bool  # whether the file has the top-1 probability of each sample
+
+
+class ResultsDocument(TypedDict, total=False):
     schema: str
     schema_version: int
     package_version: str
@@ -156,6 +172,7 @@ class ResultsDocument(TypedDict):
     label_space: dict
     summary: Summary
     shifts: dict[str, ShiftResult]
+    predictions: PredictionsInfo
 
 
 def _worst_classes(ctx: ShiftContext, class_names: list[str], worst_k: int) -> list[dict]:
@@ -303,10 +320,16 @@ def _upgrade(data: dict, where: str) -> dict:
 
 
 class Results:
-    """A results document (see the module docs); ``results["shifts"]["in_the_snow"]["top1"]``."""
+    """A results document (see the module docs); ``results["shifts"]["in_the_snow"]["top1"]``.
+
+    ``predictions`` holds the per-sample predictions a run computed (``None`` for a loaded file) and
+    ``predictions_file`` where they were written already, if anywhere; :meth:`save` keeps them.
+    """
 
     def __init__(self, data: ResultsDocument | dict):
         self.data = data
+        self.predictions: dict[str, ShiftPredictions] | None = None
+        self.predictions_file: Path | None = None
 
     def __getitem__(self, key):
         return self.data[key]
@@ -325,15 +348,46 @@ class Results:
         """The run's settings (:class:`RunConfig` as a dict), or ``None`` where not recorded."""
         return self.data.get("run")
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, predictions: bool = True) -> Path:
         """Write the results atomically; a write that fails (disk full) keeps them elsewhere.
+
+        With ``predictions`` (default) the run's per-sample predictions go beside them
+        (:func:`predictions_path`) unless they were written already, and the results record the
+        file (``results["predictions"]``: path, rows, sha256); without, they record none.
 
         Raises:
             CacheError: naming ``path`` and where the results were kept (see :func:`~dsi_bench.files.write_or_keep`).
         """
         from .files import atomic_write, write_or_keep
 
+        path = Path(path).expanduser()
+        if predictions and self.predictions is not None and self.predictions_file is None:
+            target = predictions_path(path)
+            self.predictions_file = write_or_keep(target, lambda p: write_predictions(self.predictions, p),
+                                                  "the predictions")
+        if predictions and self.predictions_file is not None:
+            self.data["predictions"] = _predictions_info(self.predictions_file, path.parent)
+        elif not predictions:
+            self.data.pop("predictions", None)  # the file it names is not kept with these results
         return write_or_keep(path, lambda p: atomic_write(p, self.to_bytes()), "the results")
+
+    def predictions_source(self, results_path: str | os.PathLike | None) -> Path | None:
+        """The predictions file these results record (saved with them, or the file ``score`` read), or ``None``.
+
+        Raises:
+            SpecError: a relative path that leads outside the results file's folder.
+        """
+        info = self.data.get("predictions")
+        name = info.get("path") if isinstance(info, dict) else (self.data.get("data") or {}).get("predictions_file")
+        if not name:
+            return None
+        p = Path(name)
+        if p.is_absolute():
+            return p
+        base = Path(results_path).expanduser().resolve().parent if results_path is not None else Path.cwd()
+        if info is not None and ".." in p.parts:
+            raise SpecError(f"the results at {str(results_path)!r} name predictions {name!r} outside their folder")
+        return base / p
 
     def to_bytes(self) -> bytes:
         """The results file's bytes (indented JSON)."""
@@ -353,7 +407,14 @@ class Results:
         data = read_json(path, "results file", SpecError)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise SpecError(f"{str(path)!r} is not a dsi-bench results file (schema {SCHEMA!r})")
-        return cls(_upgrade(data, repr(str(path))))
+        results = cls(_upgrade(data, repr(str(path))))
+        if isinstance(data.get("predictions"), dict):  # saved elsewhere, the results still find them
+            try:
+                found = results.predictions_source(path)
+            except SpecError:
+                found = None
+            results.predictions_file = found if found is not None and found.is_file() else None
+        return results
 
     def header(self) -> list[str]:
         """The lines above :meth:`table`: model, data, masks and JPEG decoding, missing predictions."""
@@ -396,3 +457,99 @@ class Results:
             lines.append(f"mean top-1 over shifts: {100 * s['mean_top1']:.1f}%  worst: {s['worst_shift']} "
                          f"({100 * s['worst_top1']:.1f}%)   (all numbers in %)")
         return "\n".join(header_lines + lines)
+
+
+# ---------------------------------------------------------------------------------------------- predictions files
+#: What :meth:`Results.save` appends to the results file's stem for the predictions beside it.
+PREDICTIONS_SUFFIX = ".predictions.csv.gz"
+
+
+def predictions_path(results_path: str | os.PathLike) -> Path:
+    """Where the predictions of ``results_path`` go: ``resnet50.json`` -> ``resnet50.predictions.csv.gz``."""
+    p = Path(results_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(stem + PREDICTIONS_SUFFIX)
+
+
+def _predictions_info(file: Path, results_dir: Path) -> PredictionsInfo:
+    from .files import sha256_file
+
+    file = Path(file).expanduser().resolve()
+    try:
+        name = file.relative_to(results_dir.expanduser().resolve()).as_posix()
+    except ValueError:
+        name = str(file)
+    with open_text(file) as f:
+        header = f.readline().strip().split(",")
+        rows = sum(1 for _ in f)
+    return {"path": name, "rows": rows, "sha256": sha256_file(file), "confidence": "confidence" in header}
+
+
+def open_text(path: str | os.PathLike):
+    """A predictions CSV opened for reading as text, gzip-compressed or not (told by its first bytes)."""
+    import gzip
+
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the header
+
+
+def write_predictions(preds: dict[str, ShiftPredictions], path: str | os.PathLike) -> None:
+    """Per-sample predictions as CSV: ``key,label,prediction,top5[,confidence]`` (top5 space-separated;
+    the confidence column where every shift has one). Gzip-compressed when ``path`` ends in ``.gz``
+    (about 12 bytes a sample), written atomically."""
+    import csv
+    import gzip
+    import io
+
+    from .files import atomic_write
+
+    confidence = all(p.confidence is not None for p in preds.values())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["key", "label", "prediction", "top5"] + (["confidence"] if confidence else []))
+    for p in preds.values():
+        conf = [f"{c:.4f}" for c in p.confidence.tolist()] if confidence else None
+        for i, (key, label, top) in enumerate(zip(p.keys, p.labels.tolist(), p.topk.tolist())):
+            row = [key, label, top[0], " ".join(str(t) for t in top)]
+            w.writerow(row + [conf[i]] if confidence else row)
+    data = buf.getvalue().encode()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    atomic_write(path, data)
+
+
+def read_predictions_file(path: str | os.PathLike) -> dict[str, ShiftPredictions]:
+    """The predictions ``eval`` wrote (:func:`write_predictions`), per shift, sorted by key.
+
+    Raises:
+        SpecError: a missing file, or one that is not in the format ``eval`` writes.
+    """
+    import csv
+
+    by_shift: dict[str, tuple[list, list, list, list]] = {}
+    try:
+        with open_text(path) as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if header[:4] != ["key", "label", "prediction", "top5"]:
+                raise SpecError(f"{str(path)!r} is not a predictions file written by eval (its header is "
+                                f"{','.join(header)!r}); re-run eval with --results to keep one")
+            has_conf = len(header) > 4 and header[4] == "confidence"
+            for row in reader:
+                keys, labels, tops, confs = by_shift.setdefault(row[0].split("/", 1)[0], ([], [], [], []))
+                keys.append(row[0])
+                labels.append(int(row[1]))
+                top = [int(t) for t in row[3].split()][:5] or [int(row[2])]
+                tops.append((top + [-1] * 5)[:5])
+                if has_conf:
+                    confs.append(float(row[4]))
+    except FileNotFoundError as e:
+        raise SpecError(f"predictions file {str(path)!r} does not exist") from e
+    except (ValueError, IndexError, OSError, EOFError) as e:
+        raise SpecError(f"{str(path)!r} is not a readable predictions file written by eval ({e})") from e
+    return {s: ShiftPredictions(k, np.asarray(lb, np.int64), np.asarray(t, np.int64).reshape(-1, 5),
+                                np.asarray(c, np.float32) if c else None).sorted()
+            for s, (k, lb, t, c) in by_shift.items()}

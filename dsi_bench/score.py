@@ -35,7 +35,7 @@ import numpy as np
 from .classes import ClassList
 from .errors import PredictionsError
 from .layout import parse_key, sample_key
-from .results import Results, ShiftPredictions, build_results
+from .results import Results, ShiftPredictions, build_results, open_text
 
 __all__ = ["read_predictions", "score_predictions"]
 
@@ -150,7 +150,7 @@ def _read(path: str | os.PathLike, class_list: ClassList) -> _File:
     """
     path = Path(path).expanduser()
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the header
+        handle = open_text(path)  # plain or gzip-compressed
     except FileNotFoundError as cause:
         raise PredictionsError(f"predictions file {str(path)!r} does not exist") from cause
     except OSError as cause:
@@ -167,7 +167,11 @@ def _read(path: str | os.PathLike, class_list: ClassList) -> _File:
 
 
 def _first_non_utf8_line(path: Path) -> int | str:
+    import gzip
+
     with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
                 raw.decode("utf-8")
@@ -540,5 +544,7 @@ def score_predictions(
     data["ignored_masked_predictions"] = ignored
     model = {"name": name or Path(path).stem, "spec": f"predictions:{Path(path).name}", "weights": None,
              "preprocessing": "by the submitter", "num_outputs": None, "class_map": None}
-    return build_results(preds, class_names=class_list.names, model=model, data=data, label_space=class_list.name,
-                         worst_k=worst_k)
+    results = build_results(preds, class_names=class_list.names, model=model, data=data,
+                            label_space=class_list.name, worst_k=worst_k)
+    results.predictions_file = Path(path).expanduser().resolve()  # saving the results records it
+    return results

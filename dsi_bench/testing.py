@@ -69,7 +69,7 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
+def build_tiny_tokenizer(vocab_size: int | None = 1000, corpus: list[str] | None = None) -> CLIPTokenizer:
     """A real ``CLIPTokenizer`` with a small byte-level BPE vocabulary, built deterministically.
 
     The vocabulary holds every byte symbol (with and without CLIP's ``</w>`` suffix), so any
@@ -77,6 +77,11 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
     phrases, class names; most frequent first, ties alphabetical) prefix by prefix. The
     ``tokenizers`` library's BPE trainer breaks ties in hash order, which made the tiny model
     differ from process to process; this construction is the same everywhere.
+
+    Args:
+        vocab_size: the most entries; ``None``: no limit, and every word of the corpus is one token.
+        corpus: the lines whose words get merges (default: the catalog's prompts, shift phrases
+            and torchvision's class names).
     """
     from collections import Counter
 
@@ -95,7 +100,7 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
         ]
     )
     counts: Counter = Counter()
-    for line in _tokenizer_corpus():
+    for line in _tokenizer_corpus() if corpus is None else corpus:
         counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
     vocab = {bos: 0, eos: 1}
     for symbol in alphabet + [a + "</w>" for a in alphabet]:
@@ -105,7 +110,7 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         current = symbols[0]
         for symbol in symbols[1:]:
-            if len(vocab) >= vocab_size:
+            if vocab_size is not None and len(vocab) >= vocab_size:
                 break
             pair = (current, symbol)
             if pair not in seen:
@@ -113,7 +118,35 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
                 merges.append(pair)
                 vocab.setdefault(current + symbol, len(vocab))
             current += symbol
+    if vocab_size is None:
+        # Merges of other words can pre-empt a word's own prefix merges (BPE applies the best-ranked
+        # pair first), leaving it in pieces: join what is left with merges ranked after all others,
+        # which cannot change a word already whole.
+        ranks = {pair: i for i, pair in enumerate(merges)}
+        for word in sorted(counts):
+            while len(pieces := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
+                ranks[pieces[0], pieces[1]] = len(merges)
+                merges.append((pieces[0], pieces[1]))
+                vocab.setdefault(pieces[0] + pieces[1], len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _bpe(symbols: list[str], ranks: dict) -> list[str]:
+    """Byte-pair encoding of one word: merge the best-ranked adjacent pair, everywhere, until none applies."""
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if pair not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
 
 
 def save_tiny_pipeline(path: str | os.PathLike, *, seed: int = 0) -> Path:

@@ -55,3 +55,13 @@ def classes():
     from dsi_bench.testing import FAKE_WNIDS, fake_imagenet_classes
 
     return fake_imagenet_classes(FAKE_WNIDS)
+
+
+@pytest.fixture(scope="session")
+def small_world_study(tmp_path_factory):
+    """The world study at a small size (base, at night, in the snow; 2 per class), run once per session:
+    shards, CLIP masks, the three world classifiers' results with their predictions, leaderboard, report."""
+    from dsi_bench.demo import run_world_study
+
+    return run_world_study(tmp_path_factory.mktemp("world-study"), shifts=("base", "at_night", "in_the_snow"),
+                           per_class=2, progress=False)

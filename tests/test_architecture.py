@@ -21,7 +21,7 @@ LAYERS = [
     ("dataset", {"datasets"}),
     ("producers", {"folders", "build", "convert", "hub", "clip_metric", "learn", "models", "results", "testing",
                    "world"}),
-    ("harness", {"evaluate", "score", "leaderboard"}),
+    ("harness", {"evaluate", "score", "leaderboard", "report"}),
     ("demo", {"demo"}),
     ("cli", {"cli"}),
 ]

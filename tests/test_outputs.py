@@ -247,7 +247,7 @@ def test_eval_keeps_results_and_predictions_when_the_disk_fills(tmp_path, classe
     message = str(e.value)
     assert f"could not write the predictions to {str(preds)!r} (No space left on device)" in message
     kept_preds, kept_results = _kept(message)
-    assert kept_preds.read_text().splitlines()[0] == "key,label,prediction,top5"
+    assert kept_preds.read_text().splitlines()[0] == "key,label,prediction,top5,confidence"
     assert len(kept_preds.read_text().splitlines()) == 1 + 6
     results = Results.load(kept_results)
     assert results.shifts["base"]["n"] == 6 and not preds.exists()

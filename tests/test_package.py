@@ -53,6 +53,8 @@ def test_demo_runs_the_world_study_offline(tmp_path, capsys):
     assert "world:augmented" in out and "world:resnet" in out
     assert len(list((out_dir / "results").glob("*.json"))) == 3
     assert (out_dir / "leaderboard" / "leaderboard.html").is_file()
+    assert "visual report (open in a browser" in out and (out_dir / "report" / "index.html").is_file()
+    assert len(list((out_dir / "report").glob("*/index.html"))) == 3  # a page per classifier
     twins = Image.open(out_dir / "twins.png")
     assert twins.size[1] >= 64 and twins.size[0] > 10 * 2 * 64  # one row, a base/shift pair per class
 

@@ -11,8 +11,8 @@ class Demo(Command):
     description = ("Generates base and eight shifts of every world class with the world's generator (class "
                    "words in the prompts), writes them as verified shards, CLIP-filters them with the world's "
                    "CLIP, evaluates the world's three classifiers with paired statistics and writes a "
-                   "leaderboard and a picture of base/shift twins. --plumbing runs the old check on a tiny "
-                   "RANDOM pipeline instead.")
+                   "leaderboard, a visual report and a picture of base/shift twins. --plumbing runs the old "
+                   "check on a tiny RANDOM pipeline instead.")
     examples = """
         dsi-bench demo --out demo_out/
         dsi-bench demo --out small/ --per-class 4 --shifts base,in_the_snow,at_night
@@ -66,6 +66,9 @@ class Demo(Command):
         print(f"leaderboard: {board['md']} (and .csv, .html, {plots})")
         if study.twins:
             print(f"base/shift twins (left: base, right: the same seed under the shift): {study.twins}")
+        if study.report:
+            print(f"visual report (open in a browser: every flip next to its twin, per model and compared): "
+                  f"{study.report.index}")
         return 0
 
     def run_plumbing(self, args) -> int:

@@ -63,13 +63,16 @@ def check_outputs(args) -> None:
                         "other: give them different paths")
 
 
-def report_results(results, path) -> int:
+def report_results(results, path, predictions: bool = True) -> int:
     from ..dist import World
 
     if World.from_env().main:
         print(results.table())  # its header names the model, data, masks and decoding
         if path:
-            print(f"results: {results.save(path)}")
+            saved = results.save(path, predictions=predictions)
+            print(f"results: {saved}")
+            if predictions and results.predictions_file is not None:
+                print(f"predictions: {results.predictions_file}  (dsi-bench report {saved} --out DIR shows them)")
     return 0
 
 
@@ -115,7 +118,11 @@ class Eval(Command):
                        help="shards: skip checking each shard's sha256 against the manifest (for data checked already "
                             "with `dsi-bench verify`); recorded in the results")
         p.add_argument("--results", default=None, help="write the results JSON here")
-        p.add_argument("--predictions", default=None, help="also write per-sample predictions (CSV) for `score`")
+        p.add_argument("--predictions", default=None,
+                       help="write the per-sample predictions (CSV, gzip for a .gz name) here (default: beside "
+                            "--results, as NAME.predictions.csv.gz, for `report` and `score`)")
+        p.add_argument("--no-predictions", action="store_true",
+                       help="do not keep the per-sample predictions beside --results")
         add_quiet(p)
         from ..pipeline import DEFAULT_MODEL
 
@@ -131,7 +138,16 @@ class Eval(Command):
 
     def check(self, args) -> None:
         super().check(args)
+        if args.no_predictions and args.predictions:
+            from ..errors import SpecError
+
+            raise SpecError("--predictions and --no-predictions contradict each other: give one")
         check_outputs(args)
+        if args.results and not args.predictions and not args.no_predictions:
+            from ..files import check_writable
+            from ..results import predictions_path
+
+            check_writable(predictions_path(args.results), "the predictions beside --results")
 
     def run(self, args) -> int:
         from ..errors import SpecError
@@ -169,7 +185,7 @@ class Eval(Command):
             predictions=args.predictions,
             progress=not args.quiet,
         )
-        return report_results(results, args.results)
+        return report_results(results, args.results, predictions=not args.no_predictions)
 
 
 class Score(Command):
@@ -230,17 +246,57 @@ class Leaderboard(Command):
         p.add_argument("--sort", default="top1", choices=rankable_metrics(),
                        help="rank by this metric's mean over the shifts other than base (default: top1)")
         p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+        p.add_argument("--no-reports", action="store_true",
+                       help="skip the visual reports the HTML table links to (reports/)")
 
     def run(self, args) -> int:
         from ..leaderboard import make_leaderboard
 
-        paths = make_leaderboard(args.results_dir, args.out, plots=not args.no_plots, sort=args.sort)
+        paths = make_leaderboard(args.results_dir, args.out, plots=not args.no_plots, sort=args.sort,
+                                 reports=not args.no_reports)
         print(f"wrote {paths['md']}, {paths['csv']}, {paths['html']}" + (f" and {len(paths['plots'])} plots"
                                                                          if paths["plots"] else ""))
+        if paths["reports"]:
+            print(f"visual reports: {len(paths['reports'])} models, linked from {paths['html']}")
         if paths["groups"] > 1:
             print(f"warning: the results cover {paths['groups']} different data, masks or decode modes; they are "
                   "listed in separate tables and not ranked together")
         return 0
 
 
-COMMANDS = [Eval(), Score(), Leaderboard()]
+class ReportCommand(Command):
+    name = "report"
+    help = "a visual HTML report of results: twin galleries of the flips, intervals, worst classes"
+    description = ("Static and offline (open index.html in any browser). Several results on the same data "
+                   "also get a comparison: which flips every model shares and which are one model's alone.")
+    examples = """
+        dsi-bench report resnet50.json --out report/
+        dsi-bench report results/*.json --out compare/
+        dsi-bench report resnet50.json --out report/ --root /data/moved-shards
+    """
+
+    def add_arguments(self, p):
+        from ..report import MAX_PAIRS, THUMB_SIZE
+
+        p.add_argument("results", nargs="+", help="results JSON files written by eval (predictions beside them)")
+        p.add_argument("--out", required=True, help="output folder (index.html, img/)")
+        p.add_argument("--root", default=None, help="where the data is now, if it moved since the evaluation")
+        p.add_argument("--max-pairs", type=int, default=MAX_PAIRS,
+                       help="pairs shown per gallery, most confident first (default: %(default)s)")
+        p.add_argument("--thumb-size", type=int, default=THUMB_SIZE,
+                       help="longest side of a thumbnail in px (default: %(default)s)")
+        add_quiet(p)
+
+    def run(self, args) -> int:
+        from ..report import make_report
+
+        report = make_report(args.results, args.out, root=args.root, max_pairs=args.max_pairs,
+                             thumb_size=args.thumb_size, progress=not args.quiet)
+        for note in report.notes:
+            print(f"note: {note}")
+        print(f"report: {report.index}  ({report.thumbnails} thumbnails, {report.bytes / 1e6:.1f} MB, "
+              f"{report.seconds:.1f} s)")
+        return 0
+
+
+COMMANDS = [Eval(), Score(), Leaderboard(), ReportCommand()]

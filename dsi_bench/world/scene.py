@@ -374,7 +374,7 @@ def _flower(img: Image.Image, rng, x: float) -> None:
 def _weather_and_light(context: str, arr: np.ndarray, rng) -> np.ndarray:
     n = DRAW_SIZE
     if context == "in_the_snow":
-        arr = arr * 0.85 + 0.15 * 245
+        arr = arr * 0.6 + 0.4 * 245
         for _ in range(45):
             x, y = rng.integers(0, n, 2)
             arr[y:y + 2, x:x + 2] = 250

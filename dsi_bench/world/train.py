@@ -93,6 +93,10 @@ class WorldConfig:
     classifier_lr: float = 2e-3
     classifier_images: int = 12000
     threads: int = 1
+    #: Versions of the renderer and of the world's tokenizer: a folder trained with others is a
+    #: different world (2: snow washes toward white; every caption word is one token).
+    renderer: int = 2
+    tokenizer: int = 2
 
     def record(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,16 +238,24 @@ def _train_vae(out: Path, config: WorldConfig, position: int, progress: bool) ->
 
 
 # ---------------------------------------------------------------------------------------------- unet
-#: Prompt length of the world's tokenizer, a third of Stable Diffusion's 77 (cross-attention cost). The
-#: tiny tokenizer spells most words in pieces, so 7 of the 240 catalog prompts (in bright sunlight / studio
-#: lighting with a long class name) lose their last pieces, in training and generation alike.
+#: Prompt length of the world's tokenizer, a third of Stable Diffusion's 77 (cross-attention cost); the
+#: longest catalog caption of the world takes 11.
 PROMPT_TOKENS = 24
 
 
 def world_tokenizer():
+    """The world's ``CLIPTokenizer``: every word of its captions (class names, catalog shift phrases, the
+    token-learning template and init word) is one token, as in Stable Diffusion's 49k vocabulary.
+
+    A class name spelt in pieces would make a learned one-vector token move every later word of a
+    shifted prompt to positions the generator never saw with that word (the learned tokens then ignore
+    the shift). Other text still tokenizes, byte by byte.
+    """
     from ..testing import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    corpus = [caption(c.index, ctx) for c in WORLD_CLASSES for ctx in CONTEXTS]
+    corpus += [t.format(TOKEN_INIT_WORD) for t in TOKEN_TEMPLATES]
+    tokenizer = build_tiny_tokenizer(vocab_size=None, corpus=corpus)
     tokenizer.model_max_length = PROMPT_TOKENS
     return tokenizer
 
@@ -374,6 +386,10 @@ def _replace_dir(write, dest: Path) -> None:
 #: ("rendering", "cropped", "dirty") the world's text encoder never trained on: their rows are random,
 #: and tokens learned through them reached 86 % under base instead of 100 % (measured).
 TOKEN_TEMPLATES = ("a photo of a {}",)
+#: The word each class token starts from.
+TOKEN_INIT_WORD = "object"
+
+
 def _train_tokens(out: Path, config: WorldConfig, position: int, progress: bool) -> dict:
     _torch(config.threads)
     from ..learn import learn_tokens
@@ -388,7 +404,7 @@ def _train_tokens(out: Path, config: WorldConfig, position: int, progress: bool)
                 render(cls.index, "base", 7_000_000 + i).save(path)
     bank = learn_tokens(data, generator=out / "pipeline", preset="fast", max_steps=config.token_steps,
                         lr=config.token_lr, classes_per_batch=len(WORLD_CLASSES), seed=config.seed,
-                        out=_stage_dir(out) / "tokens" / "bank.safetensors", init_word="object",
+                        out=_stage_dir(out) / "tokens" / "bank.safetensors", init_word=TOKEN_INIT_WORD,
                         templates=TOKEN_TEMPLATES, progress=progress)
     bank.save(out / "tokens.safetensors")
     return {"tokens": list(bank.tokens), "steps": config.token_steps, "init_word": "object",
