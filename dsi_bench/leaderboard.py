@@ -316,7 +316,7 @@ def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: lis
                 compare: str | None = None) -> str:
     cols = [("#", "rank"), ("model", "model"), ("mean", "mean"), ("base", "base"),
             ("worst shift", "worst_shift"), ("worst", "worst")] + [(s, s) for s in shifts if s != "base"]
-    head = "".join(f'<th onclick="sortTable({gi},{i})">{html.escape(c)}</th>' for i, (c, _) in enumerate(cols))
+    head = "".join(f'<th onclick="sortTable(\'t{gi}\',{i})">{html.escape(c)}</th>' for i, (c, _) in enumerate(cols))
     body = []
     for r in rows:
         cells = []
@@ -354,18 +354,8 @@ def _html_table(title, about: dict, rows, shifts, gi, metric: Metric, plots: lis
 
 
 def _html_page(tables: list[str], what: str) -> str:
-    script = """
-function sortTable(t, c) {
-  const table = document.getElementById('t' + t), body = table.tBodies[0];
-  const rows = Array.from(body.rows), asc = table.dataset.col == c && table.dataset.dir != 'asc';
-  rows.sort((a, b) => {
-    const x = a.cells[c].dataset.v, y = b.cells[c].dataset.v, nx = parseFloat(x), ny = parseFloat(y);
-    const d = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-    return asc ? d : -d;
-  });
-  rows.forEach(r => body.appendChild(r));
-  table.dataset.col = c; table.dataset.dir = asc ? 'asc' : 'desc';
-}"""
+    from .report import SORT_SCRIPT as script
+
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
              "padding:4px 8px;text-align:right}th{cursor:pointer;background:#f4f4f4}td:nth-child(2){text-align:left}"
              ".ci{color:#666}.plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:1em 0}img{max-width:100%}")

@@ -169,6 +169,17 @@ class _Images:
             args = {"source": data["source"], "root": data.get("root"), "classes": data.get("classes")}
         if self.root is not None:
             args["root"] = os.fspath(self.root)
+        for k in ("transform", "target_transform"):  # the classifier's, not needed to show the images
+            args.pop(k, None)
+        if isinstance(args.get("pipeline"), dict):  # a PipelineSpec, recorded field by field
+            from .pipeline import PipelineSpec
+
+            try:
+                args["pipeline"] = PipelineSpec(**args["pipeline"])
+            except (TypeError, DsiBenchError):
+                pass
+        if isinstance(args.get("class_list"), dict) and args["class_list"].get("class_list") == "imagenet":
+            args.pop("class_list")  # the default label space
         objects = [k for k, v in args.items() if isinstance(v, dict)]
         if objects:
             self.problem = (f"the run's {', '.join(objects)} were objects in memory, not files; pass root= "
@@ -176,7 +187,7 @@ class _Images:
             return None
         args["masks"] = False  # every sample findable; the predictions say which ones were evaluated
         args.pop("fast_decode", None)
-        return {k: v for k, v in args.items() if v is not None}
+        return args  # None values stay: tokens=None (class words) is not the default tokens
 
     def _dataset(self, shift: str):
         from .datasets import ShiftedDataset
@@ -263,7 +274,8 @@ border:1px solid #999;padding:.6em;font-size:12px;white-space:pre-wrap;display:n
 .more{color:#666;font-size:.9em}svg text{font-size:11px}
 """
 
-_SCRIPT = """
+#: Click a column header to sort by it (numbers by ``data-v``); shared with the leaderboard's page.
+SORT_SCRIPT = """
 function sortTable(id, c) {
   const table = document.getElementById(id), body = table.tBodies[0];
   const rows = Array.from(body.rows), asc = table.dataset.col == c && table.dataset.dir != 'asc';
@@ -275,6 +287,9 @@ function sortTable(id, c) {
   rows.forEach(r => body.appendChild(r));
   table.dataset.col = c; table.dataset.dir = asc ? 'asc' : 'desc';
 }
+"""
+
+_SCRIPT = SORT_SCRIPT + """
 document.addEventListener('click', e => {
   const box = document.getElementById('meta'), card = e.target.closest('[data-meta]');
   if (!box) return;

@@ -181,3 +181,20 @@ def test_eval_keeps_predictions_beside_the_results_and_score_reads_them(small_wo
                  "--results", str(tmp_path / "n.json"), "--no-predictions", "--num-workers", "0", "--quiet"]) == 0
     assert not (tmp_path / "n.predictions.csv.gz").exists()
     assert "predictions" not in Results.load(tmp_path / "n.json").data
+
+
+def test_report_of_generated_data_regenerates_what_the_cache_lost(tmp_path):
+    from dsi_bench.evaluate import evaluate
+    from dsi_bench.report import make_report
+    from dsi_bench.world import study_pipeline
+
+    # a PipelineSpec object: results record it field by field, the report builds it again
+    data = {"source": "synth", "pipeline": study_pipeline(steps=4), "tokens": None, "per_class": 1,
+            "classes": "1,404,779", "cache_dir": tmp_path / "cache"}
+    r = evaluate("world:base", data, shifts="base,at_night", num_workers=0, progress=False)
+    r.save(tmp_path / "r.json")
+    shutil.rmtree(tmp_path / "cache")  # every image is a pure function of its settings: made again
+    report = make_report(tmp_path / "r.json", tmp_path / "rep", progress=False)
+    flips = r.shifts["at_night"]["flips"]
+    assert not report.notes and flips > 0 and report.thumbnails == 2 * flips
+    _check_offline_and_resolvable(report.index)
