@@ -1,8 +1,8 @@
 """The offline demo behind ``make demo``: the whole study on the embedded world.
 
 :func:`run_world_study` generates base and eight shifts of every world class with the world's
-generator (class words in the prompts), writes them as verified WebDataset shards, CLIP-filters them with the
-world's CLIP, evaluates the world's three classifiers with paired statistics, writes a leaderboard,
+generator and its learned class tokens, writes them as verified WebDataset shards, CLIP-filters them
+with the world's CLIP, evaluates the world's three classifiers with paired statistics, writes a leaderboard,
 a visual report (the flips next to their twins) and a picture of base/shift twins. The tiny random
 pipeline (:func:`run_demo` and friends) stays for plumbing checks: it exercises every code path in
 seconds, but its images are noise.
@@ -55,7 +55,7 @@ class WorldStudy:
 
 
 def run_world_study(out: str | os.PathLike = "demo_out", *, shifts=WORLD_STUDY_SHIFTS, per_class: int = 10,
-                    classifiers=WORLD_CLASSIFIERS, pipeline: PipelineSpec | None = None, tokens=None, seed: int = 0,
+                    classifiers=WORLD_CLASSIFIERS, pipeline: PipelineSpec | None = None, tokens="world", seed: int = 0,
                     progress: bool = True) -> WorldStudy:
     """The study on the embedded world, end to end (offline, a few minutes on 2 CPU cores).
 
@@ -67,9 +67,8 @@ def run_world_study(out: str | os.PathLike = "demo_out", *, shifts=WORLD_STUDY_S
         per_class: samples per class and shift (10: 100 base/shift pairs per shift).
         classifiers: classifier specs to evaluate.
         pipeline: the generation settings (default: :func:`world_study_pipeline`).
-        tokens: ``None`` (default): class words in the prompts; ``"world"``: the world's learned tokens.
-            The learned tokens bring their class back under base as well as the words do, but they do
-            not compose with shift phrases in this world yet (see the README), so the study uses words.
+        tokens: ``"world"`` (default): the world's class tokens, learned by ``learn_tokens`` from renders;
+            ``None``: class words in the prompts.
     """
     from .build import build_shards
     from .clip_metric import clip_filter_shards

@@ -149,7 +149,7 @@ class Synthesizer:
                                                                                 IMAGENET_STAR_TOKENS_REPO):
             raise TokenBankError("the ImageNet* tokens belong to Stable Diffusion 2, not to the world's generator; "
                                  "pass tokens='world' (--tokens world: the world's learned tokens) or tokens=None "
-                                 "(--tokens none: class words, what the world study uses)")
+                                 "(--tokens none: class words)")
         bank = None
         if tokens is not None:
             bank = load_tokens(tokens, class_list=class_list)

@@ -1,8 +1,8 @@
 """The method, on the embedded trained world: learned tokens bring their class back, shifts change what a
 classifier sees, the CLIP filter drops failed generations, and regressions that break the method fail here.
 
-Shifted images are prompted with class words, as the world study does: the world's learned tokens
-reproduce their class under base but do not compose with shift phrases yet (README, "The embedded world").
+Shifted images are prompted with the world's learned tokens, as the world study does; the tokens compose
+with shift phrases ("a photo of a <goldfish> in the grass") about as well as the class words do.
 
 Every image comes through the package's own path (``ShiftedDataset`` -> synthesis -> the diffusers
 pipeline loaded from the shipped folder, tokens injected with ``load_textual_inversion``). Bounds are
@@ -79,25 +79,32 @@ def test_a_wrong_prediction_type_is_caught(cache, tmp_path):
 
 
 def test_shifts_move_the_classifier_the_expected_way(cache):
-    base, _, _ = _top1(tokens=None, cache=cache)
-    night, _, _ = _top1("at_night", tokens=None, cache=cache)
-    forest, _, _ = _top1("in_the_forest", tokens=None, cache=cache)
-    forest_aug, _, _ = _top1("in_the_forest", tokens=None, classifier="world:augmented", cache=cache)
-    assert base >= 0.9 and night <= base - 0.5 and forest <= base - 0.4, (base, night, forest)
-    assert forest_aug >= forest + 0.4, (forest, forest_aug)  # the augmented classifier is robust to backgrounds
+    base, _, _ = _top1(cache=cache)
+    night, _, _ = _top1("at_night", cache=cache)
+    grass, _, _ = _top1("in_the_grass", cache=cache)
+    grass_aug, _, _ = _top1("in_the_grass", classifier="world:augmented", cache=cache)
+    assert base >= 0.9 and night <= base - 0.5 and grass <= base - 0.4, (base, night, grass)
+    assert grass_aug >= grass + 0.4, (grass, grass_aug)  # the augmented classifier is robust to backgrounds
+
+
+def test_learned_tokens_compose_with_a_shift_phrase(cache):
+    # judged by the classifier that knows backgrounds: the class must survive "in the grass"
+    tokens, _, _ = _top1("in_the_grass", classifier="world:augmented", cache=cache)
+    words, _, _ = _top1("in_the_grass", tokens=None, classifier="world:augmented", cache=cache)
+    assert tokens >= 0.75 and tokens >= words - 0.15, (tokens, words)
 
 
 @pytest.mark.slow
 def test_the_world_clip_sees_the_shift_and_the_filter_drops_failures(cache, tmp_path):
     from dsi_bench.clip_metric import Thresholds, clip_scores, rule_captions, world_thresholds
 
-    _, images, labels = _top1("in_the_snow", tokens=None, cache=cache)
+    _, images, labels = _top1("in_the_snow", cache=cache)
     assert clip_prefers_shift(images, labels, "in_the_snow").mean() >= 0.7
     thresholds = Thresholds.load(world_thresholds())
     shifts = ["base", "at_night", "in_the_fog"]
     all_images, right, keep = [], [], []
     for shift in shifts:
-        _, imgs, ys = _top1(shift, tokens=None, cache=cache)
+        _, imgs, ys = _top1(shift, cache=cache)
         right += list(predict(imgs) == ys)
         names = {c.index: c.name for c in WORLD_CLASSES}
         texts = [rule_captions("reference", shift, names[int(y)]) for y in ys]

@@ -8,8 +8,8 @@ from .common import Command, add_quiet, add_shifts, non_negative_int
 class Demo(Command):
     name = "demo"
     help = "offline end-to-end study on the embedded trained world (a few minutes on 2 CPU cores)"
-    description = ("Generates base and eight shifts of every world class with the world's generator (class "
-                   "words in the prompts), writes them as verified shards, CLIP-filters them with the world's "
+    description = ("Generates base and eight shifts of every world class with the world's generator and its "
+                   "learned class tokens, writes them as verified shards, CLIP-filters them with the world's "
                    "CLIP, evaluates the world's three classifiers with paired statistics and writes a "
                    "leaderboard, a visual report and a picture of base/shift twins. --plumbing runs the old "
                    "check on a tiny RANDOM pipeline instead.")
@@ -49,7 +49,7 @@ class Demo(Command):
             shifts = ["base", *shifts]
         study = run_world_study(args.out, shifts=shifts, per_class=args.per_class, progress=not args.quiet)
         print(f"{len(shifts) * 10 * args.per_class} samples ({len(shifts)} shifts x 10 world classes x "
-              f"{args.per_class}) from the embedded world's generator, class words in the prompts (DPM-Solver++ "
+              f"{args.per_class}) from the embedded world's generator and its learned class tokens (DPM-Solver++ "
               f"15 steps, guidance 3; {study.build.samples_built} generated now) in {study.out / 'shards'}")
         print(study.verify)
         kept = study.clip["kept"]
