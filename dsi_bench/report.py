@@ -150,8 +150,10 @@ def _flips(preds, shift: str) -> tuple[list[_Pair], list[_Pair]]:
 class _Images:
     """Thumbnails and metadata of samples, found through a results file's data section."""
 
-    def __init__(self, results: Results, folder: Path, root=None, size: int = THUMB_SIZE, progress: bool = False):
+    def __init__(self, results: Results, folder: Path, root=None, size: int = THUMB_SIZE, progress: bool = False,
+                 results_dir: Path | None = None):
         self.results, self.folder, self.root, self.size = results, folder, root, size
+        self.results_dir = results_dir or Path.cwd()
         self.progress = progress
         self.thumbs: dict[str, str | None] = {}
         self.meta: dict[str, dict] = {}
@@ -169,6 +171,11 @@ class _Images:
             args = {"source": data["source"], "root": data.get("root"), "classes": data.get("classes")}
         if self.root is not None:
             args["root"] = os.fspath(self.root)
+        elif isinstance(args.get("root"), str) and "://" not in args["root"] and not os.path.isabs(args["root"]):
+            # recorded as typed: relative to where eval ran, which is often where the results are kept
+            beside = self.results_dir / args["root"]
+            if not os.path.exists(args["root"]) and beside.exists():
+                args["root"] = str(beside)
         for k in ("transform", "target_transform"):  # the classifier's, not needed to show the images
             args.pop(k, None)
         if isinstance(args.get("pipeline"), dict):  # a PipelineSpec, recorded field by field
@@ -519,7 +526,7 @@ def _compare_page(models: list[_Model], writer: _Writer, groups: dict, max_pairs
                     + "".join(f"<td>{n}</td>" for n in counts) + f"<td>{len(shared)}</td>"
                     + "".join(f"<td>{len(o)}</td>" for o in only) + "</tr>")
         part = [f'<section id="cmp-{_e(s)}" data-shift="{_e(s)}"><h2>{_e(s)}</h2>',
-                writer.gallery(shared, f"Flips every model shares (predictions of {names[0]})", max_pairs,
+                writer.gallery(shared, f"Flips every model shares (captions: {names[0]}'s predictions)", max_pairs,
                                f"shared-{s}", model=names[0])]
         for name, pairs in zip(names, only):
             part.append(writer.gallery(pairs, f"Flips only {name} makes", max_pairs, f"only-{_slug_id(name)}-{s}",
@@ -590,12 +597,13 @@ def make_report(results, out: str | os.PathLike, *, root=None, max_pairs: int = 
     given = {id(m): str(p) for m, p in zip(models, paths)}
     prints = {m.fingerprint for m in models}
     if len(prints) > 1:
-        listed = "; ".join(f"{m.path.name}: {m.fingerprint[:16]}" for m in models)
+        listed = "; ".join(f"{m.path.name}: {m.fingerprint}" for m in models)
         raise SpecError(f"a comparison needs results on the same data, but these differ ({listed}); report them "
                         "one at a time")
     out = ensure_writable_dir(out, "report folder")
     img = out / "img"
-    images = _Images(models[0].results, img, root=root, size=thumb_size, progress=progress)
+    images = _Images(models[0].results, img, root=root, size=thumb_size, progress=progress,
+                     results_dir=models[0].path.resolve().parent)
     plans = {m.slug: {s: _flips(m.preds, s) for s in m.preds} for m in models}
     notes: list[str] = []
     for m in models:
@@ -607,8 +615,9 @@ def make_report(results, out: str | os.PathLike, *, root=None, max_pairs: int = 
     wanted = _wanted_keys(models, plans, max_pairs, groups)
     images.fetch(wanted)
     if images.problem:
+        if root is not None:  # asked for: refused, not ignored
+            raise SpecError(f"root={os.fspath(root)!r}: {images.problem}; pass the folder that holds the data")
         notes.append(f"images not shown: {images.problem}")
-        logger.warning("report: %s", notes[-1])
     class_names = _class_names(models[0].results)
     report = Report(index=out / "index.html", notes=notes)
     if len(models) == 1:

@@ -95,7 +95,7 @@ def test_comparison_counts_shared_and_unique_flips(small_world_study, tmp_path):
         preds = read_predictions_file(Results.load(p).predictions_source(p))
         base = {k: ok for k, ok in zip(preds["base"].keys, preds["base"].correct)}
         flips[p] = {k for k, ok in zip(preds["at_night"].keys, preds["at_night"].correct)
-                    if not ok and base["base/" + k.split("/", 1)[1]]}
+                    if not ok and base.get("base/" + k.split("/", 1)[1], False)}  # twin masked out: no pair
     shared = set.intersection(*flips.values())
     assert counts["shared-at_night"] == len(shared)
     for p in paths:
@@ -139,7 +139,13 @@ def test_report_without_the_images_says_so_and_references_none(small_world_study
     from dsi_bench.report import make_report
 
     path = small_world_study.out / "results" / "world-base.json"
-    report = make_report(path, tmp_path / "r", root=tmp_path / "nowhere", progress=False)
+    with pytest.raises(SpecError, match="pass the folder that holds the data"):  # a root asked for is not ignored
+        make_report(path, tmp_path / "r0", root=tmp_path / "nowhere", progress=False)
+    gone = json.loads(path.read_text())  # the data moved away since the evaluation
+    gone["run"]["dataset"]["root"] = str(tmp_path / "moved-away")
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    shutil.copy(path.parent / gone["predictions"]["path"], tmp_path / gone["predictions"]["path"])
+    report = make_report(tmp_path / "gone.json", tmp_path / "r", progress=False)
     assert report.thumbnails == 0 and any("images not shown" in n for n in report.notes)
     parsed = _check_offline_and_resolvable(report.index)
     assert not parsed.find("img") and "no image" in report.index.read_text()
