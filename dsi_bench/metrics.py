@@ -118,8 +118,11 @@ class ShiftContext:
         self.base = base if shift_id != "base" else None
 
     @functools.cached_property
-    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(twin correct, shifted correct, labels)`` over the samples whose base twin was evaluated."""
+    def pair_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions in this shift, positions of their twins in base)`` of the samples whose base twin
+        was evaluated (empty for base itself, or without base)."""
+        if self.base is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         index = {k: i for i, k in enumerate(self.base.keys)}
         mine, theirs = [], []
         for i, k in enumerate(self.p.keys):
@@ -127,9 +130,13 @@ class ShiftContext:
             if j is not None:
                 mine.append(i)
                 theirs.append(j)
-        return (self.base.correct[theirs] if theirs else np.zeros(0, bool),
-                self.p.correct[mine] if mine else np.zeros(0, bool),
-                self.p.labels[mine] if mine else np.zeros(0, np.int64))
+        return np.asarray(mine, np.int64), np.asarray(theirs, np.int64)
+
+    @functools.cached_property
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(twin correct, shifted correct, labels)`` over the samples whose base twin was evaluated."""
+        mine, theirs = self.pair_positions
+        return self.base.correct[theirs], self.p.correct[mine], self.p.labels[mine]
 
     @functools.cached_property
     def flips(self) -> dict:

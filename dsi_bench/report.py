@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -31,11 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import DsiBenchError, SpecError
 from .layout import twin_key
-from .metrics import ShiftPredictions
+from .metrics import ShiftContext, ShiftPredictions
 from .results import Results, describe_data, read_predictions_file
 
 __all__ = ["MAX_PAIRS", "THUMB_SIZE", "Report", "make_report"]
@@ -104,20 +103,6 @@ def _load_model(path: Path, used: set[str]) -> _Model:
     return _Model(path, results, preds, slug)
 
 
-def _pairs(preds: dict[str, ShiftPredictions], shift: str) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the paired samples in ``shift`` and in base (twins evaluated in both)."""
-    if shift == "base" or "base" not in preds:
-        return np.zeros(0, int), np.zeros(0, int)
-    index = {k: i for i, k in enumerate(preds["base"].keys)}
-    mine, theirs = [], []
-    for i, k in enumerate(preds[shift].keys):
-        j = index.get(twin_key(k))
-        if j is not None:
-            mine.append(i)
-            theirs.append(j)
-    return np.asarray(mine, int), np.asarray(theirs, int)
-
-
 @dataclass
 class _Pair:
     key: str  # the shifted sample
@@ -130,8 +115,8 @@ class _Pair:
 
 def _flips(preds, shift: str) -> tuple[list[_Pair], list[_Pair]]:
     """(flips, reverse flips) of a shift, the most confident shifted prediction first."""
-    mine, theirs = _pairs(preds, shift)
-    p, b = preds[shift], preds["base"] if "base" in preds else None
+    p, b = preds[shift], preds.get("base")
+    mine, theirs = ShiftContext(shift, p, b).pair_positions
     if b is None or not len(mine):
         return [], []
     s_ok, b_ok = p.correct[mine], b.correct[theirs]
@@ -216,7 +201,9 @@ class _Images:
         for k in dict.fromkeys(keys):
             if k not in self.thumbs:
                 todo.setdefault(k.split("/", 1)[0], []).append(k)
-        for shift, wanted in todo.items():
+        from tqdm.auto import tqdm
+
+        for shift, wanted in tqdm(todo.items(), desc="report images", unit="shift", disable=not self.progress):
             opened = self._dataset(shift)
             if opened is None:
                 self.thumbs.update(dict.fromkeys(wanted))
@@ -251,8 +238,6 @@ class _Images:
         if not small and max(image.size) > self.size:
             image = image.copy()
             image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
-        import io
-
         buf = io.BytesIO()
         if small:
             image.save(buf, format="PNG", optimize=True)
