@@ -186,7 +186,7 @@ class _Images:
 
         if shift not in self._datasets:
             try:
-                ds = ShiftedDataset(shift, **self.args)
+                ds = ShiftedDataset(_shift_of(self.results, shift), **self.args)
                 self._datasets[shift] = (ds, {e.key: e for e in ds.entries})
             except (DsiBenchError, OSError, TypeError, ValueError) as e:
                 self._datasets[shift] = None
@@ -425,11 +425,32 @@ def _about(model: _Model, extra: str = "", data_only: bool = False) -> str:
             + extra + "</ul>")
 
 
-def _prompt(shift: str) -> str:
+def _shift_of(results: Results, shift: str):
+    """The shift a results entry was computed on: the catalog's, or a custom one rebuilt from the name and
+    template the results record (a custom id alone does not say its prompt)."""
+    from .shifts import Shift, get_shift
+
+    info = results.shifts.get(shift) or {}
+    try:
+        found = get_shift(info.get("shift_name") or shift)
+    except DsiBenchError:
+        found = None
+    if found is not None and found.id == shift:
+        return found
+    if info.get("template"):
+        try:
+            return Shift(id=shift, name=info.get("shift_name") or shift, template=info["template"], group="custom",
+                         version="custom", source="custom")
+        except DsiBenchError:
+            pass
+    return shift
+
+
+def _prompt(results: Results, shift: str) -> str:
     from .shifts import get_shift
 
     try:
-        return get_shift(shift).prompt("<class>")
+        return get_shift(_shift_of(results, shift)).prompt("<class>")
     except DsiBenchError:
         return shift
 
@@ -449,7 +470,7 @@ def _model_page(model: _Model, writer: _Writer, plan: dict, max_pairs: int, resu
         m = shifts[s]
         flips, reverse = plan[s]
         parts.append(f'<section id="shift-{_e(s)}" data-shift="{_e(s)}"><h2>{_e(s)}</h2>'
-                     f'<p class="more">prompt: {_e(_prompt(s))}</p>'
+                     f'<p class="more">prompt: {_e(_prompt(model.results, s))}</p>'
                      f"<p>top-1 {_pct(m.get('top1'))}% (n {m.get('n')}), drop vs base {_pct(m.get('drop_vs_base'))} "
                      f"pts, flips {_pct(m.get('flip_rate'))}%, reverse flips {_pct(m.get('reverse_flip_rate'))}%, "
                      f"McNemar p {'-' if m.get('mcnemar_p') is None else format(m['mcnemar_p'], '.2g')}</p>")

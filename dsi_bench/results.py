@@ -131,6 +131,8 @@ class ShiftResult(TypedDict, total=False):
     paired_top1: float | None
     mcnemar_p: float | None
     fingerprint: str | None
+    shift_name: str  # what the shift was asked for as (eval, probe), and its prompt template
+    template: str
     classes: list[int]
     per_class_n: list[int]
     per_class_top1: list[float | None]
@@ -213,8 +215,12 @@ def build_results(
     run: RunConfig | None = None,
     worst_k: int = 10,
     extra: dict | None = None,
+    shift_info: dict[str, dict] | None = None,
 ) -> Results:
-    """Compute every metric from per-sample predictions (the same code for ``eval`` and ``score``)."""
+    """Compute every metric from per-sample predictions (the same code for ``eval``, ``score`` and ``probe``).
+
+    ``shift_info`` adds what each shift was (``shift_name``, ``template``) to its entry, so a custom
+    shift's samples can be found again from its id (the report regenerates them from the template)."""
     base = predictions.get("base")
     data = dict(data)
     data.setdefault("shift_fingerprints", {})
@@ -222,6 +228,7 @@ def build_results(
     for shift_id, p in predictions.items():
         shifts[shift_id] = _shift_result(ShiftContext(shift_id, p, base), class_names, worst_k)
         shifts[shift_id]["fingerprint"] = data["shift_fingerprints"].get(shift_id)
+        shifts[shift_id].update((shift_info or {}).get(shift_id, {}))
     document = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

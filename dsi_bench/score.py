@@ -509,6 +509,7 @@ def score_predictions(
         _check_missing(path, missing_total or {}, allow_missing)
     else:
         unknown = _Tally()
+        shift_info: dict[str, dict] = {}
         for s in shift_ids:
             ds = ShiftedImageNet(s, **{**args, "class_list": class_list})
             keys, order = _source_keys(s, ds.keys)
@@ -516,6 +517,7 @@ def score_predictions(
             known = keys if masks in (False, None) else _source_keys(
                 s, ShiftedImageNet(s, **{**args, "class_list": class_list, "masks": False}).keys)[0]
             fingerprints[s] = ds.fingerprint()
+            shift_info[s] = {"shift_name": ds.shift.name, "template": ds.shift.template}
             manifest, backend_masks = ds.backend.data_fingerprint, ds.backend.masks
             rows = f.rows(s)
             is_known = np.isin(rows.codes, known.codes())
@@ -545,6 +547,7 @@ def score_predictions(
     model = {"name": name or Path(path).stem, "spec": f"predictions:{Path(path).name}", "weights": None,
              "preprocessing": "by the submitter", "num_outputs": None, "class_map": None}
     results = build_results(preds, class_names=class_list.names, model=model, data=data,
-                            label_space=class_list.name, worst_k=worst_k)
+                            label_space=class_list.name, worst_k=worst_k,
+                            shift_info=None if source is None else shift_info)
     results.predictions_file = Path(path).expanduser().resolve()  # saving the results records it
     return results

@@ -14,14 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsi_bench"
 LAYERS = [
     ("foundation", {"version", "errors", "compat", "validate", "files", "memo", "dist", "layout", "images", "devices",
                     "online", "locks", "embedded"}),
-    ("vocabulary", {"shifts", "classes"}),
+    ("vocabulary", {"shifts", "classes", "phrases"}),
     ("models and statistics", {"tokens", "pipeline", "cache", "masks", "metrics"}),
     ("stores", {"synthesis", "shards", "release"}),
     ("sources", {"sources"}),
     ("dataset", {"datasets"}),
     ("producers", {"folders", "build", "convert", "hub", "clip_metric", "learn", "models", "results", "testing",
                    "world"}),
-    ("harness", {"evaluate", "score", "leaderboard", "report"}),
+    ("harness", {"evaluate", "score", "leaderboard", "report", "probe"}),
     ("demo", {"demo"}),
     ("cli", {"cli"}),
 ]

@@ -14,14 +14,14 @@ import warnings
 
 from ..errors import DsiBenchError
 from ..version import __version__
-from . import clip, demo, evaluate, generate, hub, shards, tokens, world
+from . import clip, demo, evaluate, generate, hub, probe, shards, tokens, world
 from .common import Parser, example
 
 __all__ = ["build_parser", "main"]
 
 #: Every command, in ``--help`` order.
 COMMANDS = [*generate.COMMANDS, *tokens.COMMANDS[:1], *demo.COMMANDS, *shards.COMMANDS, *evaluate.COMMANDS,
-            *tokens.COMMANDS[1:], *clip.COMMANDS, *hub.COMMANDS, *world.COMMANDS]
+            *probe.COMMANDS, *tokens.COMMANDS[1:], *clip.COMMANDS, *hub.COMMANDS, *world.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
