@@ -148,8 +148,8 @@ def test_probe_writes_harness_results_and_resumes_without_new_predictions(tmp_pa
 
     pool = _synthetic_pool(DROPS, per_class=30)
     first = _Counting(pool, capacity=30)
-    a = probe("world:base", list(DROPS), budget=900, oracle=first, out=tmp_path, report=False, progress=False)
-    assert first.calls == a.images > 0
+    a = probe("world:base", list(DROPS), budget=400, oracle=first, out=tmp_path, report=False, progress=False)
+    assert first.calls == a.images > 0 and a.stopped == "budget"
     saved = Results.load(tmp_path / "probe.json")
     assert saved.data["probe"]["table"] == a.table and saved.data["probe"]["images"] == a.images
     assert list(saved.shifts)[:2] == ["base", a.table[0]["shift"]]  # worst first
@@ -165,12 +165,15 @@ def test_probe_writes_harness_results_and_resumes_without_new_predictions(tmp_pa
     assert abs((top["paired_base_top1"] - top["paired_top1"]) - a.table[0]["drop"]) < 1e-9
     assert (tmp_path / "probe.predictions.csv.gz").is_file()
     again = _Counting(pool, capacity=30)
-    b = probe("world:base", list(DROPS), budget=900, oracle=again, out=tmp_path, report=False, progress=False)
+    b = probe("world:base", list(DROPS), budget=400, oracle=again, out=tmp_path, report=False, progress=False)
     assert again.calls == 0 and b.table == a.table  # replayed from the state
+    more = _Counting(pool, capacity=30)  # a larger budget goes on from there: only the new images are predicted
+    c = probe("world:base", list(DROPS), budget=1300, oracle=more, out=tmp_path, report=False, progress=False)
+    assert c.images > a.images and more.calls == c.images - a.images
     with pytest.raises(SpecError, match="other settings"):
-        probe("world:base", list(DROPS), budget=900, alpha=0.1, oracle=again, out=tmp_path, progress=False)
+        probe("world:base", list(DROPS), budget=400, alpha=0.1, oracle=again, out=tmp_path, progress=False)
     with pytest.raises(SpecError, match="earlier probe"):
-        probe("world:base", list(DROPS), budget=900, oracle=again, out=tmp_path, resume=False, progress=False)
+        probe("world:base", list(DROPS), budget=400, oracle=again, out=tmp_path, resume=False, progress=False)
 
 
 def test_probe_refuses_bad_input_before_any_work(tmp_path):
