@@ -178,7 +178,8 @@ def list_phrases(pattern: str = "*", *, group: str | None = None, catalog: bool 
 
 def load_phrases(path: str | os.PathLike) -> list[Phrase]:
     """Phrases from a text file: one per line (a bare phrase or a template with ``<TOKEN>``); blank lines and
-    lines starting with ``#`` are skipped; a repeated phrase is kept once.
+    lines starting with ``#`` are skipped. Repeats are kept (the probe merges phrases that are the same shift,
+    and says how many).
 
     Raises:
         ShiftError: the file cannot be read, holds no phrase, or a line is not a valid shift (its line number
@@ -190,7 +191,7 @@ def load_phrases(path: str | os.PathLike) -> list[Phrase]:
     except (OSError, UnicodeDecodeError) as e:
         raise ShiftError(f"cannot read the phrase file {os.fspath(path)!r} ({e}); give a UTF-8 text file with one "
                          "phrase per line") from e
-    out, seen = [], set()
+    out = []
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -202,9 +203,7 @@ def load_phrases(path: str | os.PathLike) -> list[Phrase]:
         if phrase.id == "base":
             raise ShiftError(f"{os.fspath(path)}, line {number}: {text!r} is the base shift itself; every phrase is "
                              "compared with base, so leave it out")
-        if phrase.id not in seen:
-            seen.add(phrase.id)
-            out.append(phrase)
+        out.append(phrase)
     if not out:
         raise ShiftError(f"the phrase file {os.fspath(path)!r} holds no phrase; write one per line, e.g. "
                          "'on a frozen lake' or 'a watercolor painting of a <TOKEN>'")

@@ -409,8 +409,8 @@ def resolve_phrases(phrases="builtin", groups: Sequence[str] | None = None) -> l
         if groups:
             raise SpecError("groups= filters the built-in vocabulary; a phrase file is used as it is")
         if not Path(phrases).expanduser().is_file():
-            raise SpecError(f"phrases={os.fspath(phrases)!r} is neither 'builtin' nor a file; give a text file with "
-                            "one phrase per line, or 'builtin'")
+            raise SpecError(f"phrases={os.fspath(phrases)!r} (--phrases) is neither 'builtin' nor a file; give a text "
+                            "file with one phrase per line, or 'builtin'")
         chosen = load_phrases(Path(phrases).expanduser())
     else:
         if groups:
@@ -423,10 +423,15 @@ def resolve_phrases(phrases="builtin", groups: Sequence[str] | None = None) -> l
                 shift = p if isinstance(p, Shift) else get_shift(p)
                 chosen.append(Phrase(text=shift.name, group="custom" if shift.is_custom else shift.group, shift=shift))
     unique = list({p.id: p for p in chosen}.values())
+    merged = len(chosen) - len(unique)
     if any(p.id == "base" for p in unique):
         raise SpecError("'base' is what every phrase is compared with; leave it out of the phrases")
     if len(unique) < 2:
-        raise SpecError(f"the probe ranks phrases against each other and needs at least 2, got {len(unique)}")
+        also = f" ({merged} were the same shift written differently, and count once)" if merged else ""
+        raise SpecError(f"the probe ranks phrases against each other and needs at least 2 different ones, got "
+                        f"{len(unique)}{also}")
+    if merged:
+        logger.warning("%d phrases were the same shift as another (same prompt); each is probed once", merged)
     return unique
 
 
@@ -510,10 +515,17 @@ def probe(
         raise SpecError(f"unknown correction {correction!r}; choose one of {', '.join(CORRECTIONS)}")
     chosen = resolve_phrases(phrases, groups)
     if top_k >= len(chosen):
-        raise SpecError(f"top_k={top_k} must be smaller than the number of phrases ({len(chosen)}): the probe "
-                        "separates the worst top_k from the rest")
+        raise SpecError(f"top_k={top_k} (--top-k) must be smaller than the number of phrases ({len(chosen)}): "
+                        "the probe separates the worst top_k from the rest")
     setup = _Setup.open(classifier, data, oracle, weights=weights, transform=transform, name=name,
                         batch_size=batch_size, device=device, progress=progress)
+    first_pairs = min(initial, max_per_phrase or initial,
+                      setup.oracle.capacity * len(setup.classes) if setup.oracle.capacity else initial)
+    first_cost = (len(chosen) + 1) * first_pairs
+    if first_cost > budget:  # before the output folder exists
+        raise SpecError(f"a budget of {budget} images (budget=, --budget) cannot give each of the {len(chosen)} "
+                        f"phrases its first {initial} pairs ({first_cost} images with their base twins); raise the "
+                        "budget, lower the first pairs (initial=, --initial) or probe fewer phrases")
     lock = contextlib.nullcontext()
     if out is not None:  # one probe per folder at a time, held from the state's first read to the report
         from .files import ensure_writable_dir
@@ -561,9 +573,6 @@ def probe(
 
         m = len(chosen)
         first = {a: min(initial, cap) for a in range(m)}
-        if cost(first) > budget:
-            raise SpecError(f"budget={budget} images cannot give each of the {m} phrases its initial {initial} pairs "
-                            f"({cost(first)} images with their base twins); raise the budget or lower initial=")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=budget, desc="probe budget", unit="img", disable=not progress, dynamic_ncols=True)
@@ -776,8 +785,8 @@ class _State:
         if not path.exists():
             return cls(path, digest, {})
         if not resume:
-            raise SpecError(f"{str(path)!r} holds an earlier probe; resume it (resume=True, drop --no-resume) or "
-                            "give another --out")
+            raise SpecError(f"{str(path)!r} holds an earlier probe; resume it (leave out --no-resume; resume=True) "
+                            "or give another --out")
         saved = read_json(path, "probe state", SpecError)
         if not isinstance(saved, dict) or saved.get("settings") != digest:
             raise SpecError(f"{str(path)!r} was written by a probe with other settings (phrases, classifier, "

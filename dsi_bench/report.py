@@ -356,7 +356,35 @@ class _Writer:
                 f'<div class="gallery" id="{_e(gid)}">{body}</div>')
 
 
-def _chart(shifts: dict, order: list[str]) -> str:
+def _flagged(m: dict, probe: dict | None) -> bool:
+    """Whether a shift's drop is marked: McNemar p < 0.01, or for a probe's results significant after its correction
+    (McNemar's test is not valid after the probe's adaptive stopping; it records none)."""
+    if (m.get("drop_vs_base") or 0) <= 0:
+        return False
+    if probe is not None:
+        return m.get("probe_p_adjusted") is not None and m["probe_p_adjusted"] <= probe.get("alpha", 0.05)
+    return (m.get("mcnemar_p") or 1) < 0.01
+
+
+_CORRECTION_NAMES = {"holm": "Holm's correction", "bh": "the Benjamini-Hochberg correction", "none": "no correction"}
+
+
+def _legend(probe: dict | None) -> str:
+    if probe is not None:
+        return (f"Bars: top-1; black lines: anytime-valid {100 * (1 - probe.get('alpha', 0.05)):.0f}% intervals (the "
+                f"probe chose each phrase's n from the data); dashed: base; red: a drop significant with "
+                f"{_e(_CORRECTION_NAMES.get(probe.get('correction'), str(probe.get('correction'))))} "
+                f"(p &le; {probe.get('alpha', 0.05)}).")
+    return "Bars: top-1; black lines: 95% Wilson intervals; dashed: base; red: a drop with McNemar p &lt; 0.01."
+
+
+def _p_text(m: dict) -> str:
+    if "probe_p_adjusted" in m:
+        return f"probe p {m['probe_p']:.2g}, adjusted {m['probe_p_adjusted']:.2g}"
+    return f"McNemar p {'-' if m.get('mcnemar_p') is None else format(m['mcnemar_p'], '.2g')}"
+
+
+def _chart(shifts: dict, order: list[str], probe: dict | None = None) -> str:
     """Top-1 per shift with its 95 % interval, as an inline SVG bar chart (base as a dashed line)."""
     row, left, width = 18, 170, 360
     height = row * len(order) + 30
@@ -373,8 +401,7 @@ def _chart(shifts: dict, order: list[str]) -> str:
         parts.append(f'<text x="{left - 6}" y="{y + 11}" text-anchor="end">{_e(s)}</text>')
         if top1 is None:
             continue
-        colour = "#888" if s == "base" else ("#c62828" if (m.get("mcnemar_p") or 1) < 0.01 and
-                                             (m.get("drop_vs_base") or 0) > 0 else "#4a78c2")
+        colour = "#888" if s == "base" else ("#c62828" if _flagged(m, probe) else "#4a78c2")
         parts.append(f'<rect x="{left}" y="{y}" width="{width * top1:.1f}" height="{row - 5}" fill="{colour}">'
                      f"<title>{_e(s)}: {_pct(top1)}%</title></rect>")
         lo, hi = (m.get("top1_ci") or [None, None])[:2]
@@ -394,6 +421,8 @@ def _chart(shifts: dict, order: list[str]) -> str:
 def _metrics_table(model: _Model, order: list[str], tid: str) -> str:
     cols = [("shift", None), ("n", "n"), ("top-1 %", "top1"), ("95% CI", "top1_ci"), ("drop (pts)", "drop_vs_base"),
             ("flips %", "flip_rate"), ("reverse flips %", "reverse_flip_rate"), ("McNemar p", "mcnemar_p")]
+    if model.results.data.get("probe") is not None:  # McNemar's test is not valid after adaptive stopping
+        cols[-1] = ("adjusted p", "probe_p_adjusted")
     head = "".join(f'<th onclick="sortTable(\'{tid}\',{i})">{_e(c)}</th>' for i, (c, _) in enumerate(cols))
     rows = []
     for s in order:
@@ -406,7 +435,7 @@ def _metrics_table(model: _Model, order: list[str], tid: str) -> str:
                 cells.append(f'<td data-v="{v[0] if v else -1}">{text}</td>')
             elif key == "n":
                 cells.append(f'<td data-v="{v}">{v}</td>')
-            elif key == "mcnemar_p":
+            elif key in ("mcnemar_p", "probe_p_adjusted"):
                 cells.append(f'<td data-v="{-1 if v is None else v}">{"-" if v is None else f"{v:.2g}"}</td>')
             else:
                 cells.append(f'<td data-v="{-1 if v is None else v}">{_pct(v)}</td>')
@@ -458,22 +487,26 @@ def _prompt(results: Results, shift: str) -> str:
 def _model_page(model: _Model, writer: _Writer, plan: dict, max_pairs: int, results_href: str,
                 notes: list[str]) -> str:
     shifts = model.results.shifts
+    probe = model.results.data.get("probe")
     order = [s for s in shifts if s in model.preds]
     nav = "".join(f'<a href="#shift-{_e(s)}">{_e(s)}</a>' for s in order)
     note = "".join(f'<p class="more">{_e(n)}</p>' for n in notes)
     parts = [f"<h1>{_e(model.name)}</h1>",
              _about(model, f'<li>results: <a href="{_e(results_href)}">{_e(model.path.name)}</a></li>'),
              note, f"<nav>{nav}</nav>", "<h2>Top-1 per shift</h2>",
-             "<p class=\"more\">Bars: top-1; black lines: 95% Wilson intervals; dashed: base; red: a drop with "
-             "McNemar p &lt; 0.01.</p>", _chart(shifts, order), _metrics_table(model, order, "metrics")]
+             f'<p class="more">{_legend(probe)}</p>', _chart(shifts, order, probe),
+             _metrics_table(model, order, "metrics")]
     for s in order:
         m = shifts[s]
         flips, reverse = plan[s]
-        parts.append(f'<section id="shift-{_e(s)}" data-shift="{_e(s)}"><h2>{_e(s)}</h2>'
+        shift = _shift_of(model.results, s)
+        custom = getattr(shift, "is_custom", False)
+        title = f'{_e(shift.name)} <small class="more">{_e(s)}</small>' if custom else _e(s)
+        parts.append(f'<section id="shift-{_e(s)}" data-shift="{_e(s)}"><h2>{title}</h2>'
                      f'<p class="more">prompt: {_e(_prompt(model.results, s))}</p>'
                      f"<p>top-1 {_pct(m.get('top1'))}% (n {m.get('n')}), drop vs base {_pct(m.get('drop_vs_base'))} "
                      f"pts, flips {_pct(m.get('flip_rate'))}%, reverse flips {_pct(m.get('reverse_flip_rate'))}%, "
-                     f"McNemar p {'-' if m.get('mcnemar_p') is None else format(m['mcnemar_p'], '.2g')}</p>")
+                     f"{_p_text(m)}</p>")
         if s == "base":
             parts.append("<p class=\"more\">The unshifted set: every other shift's twins come from here.</p>")
         else:

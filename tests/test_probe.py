@@ -177,11 +177,12 @@ def test_probe_writes_harness_results_and_resumes_without_new_predictions(tmp_pa
 
 
 def test_probe_refuses_bad_input_before_any_work(tmp_path):
+    """Every refusal comes before anything is predicted or written (no output folder is left behind)."""
     pool = _synthetic_pool(DROPS, per_class=5)
     oracle = _Counting(pool, capacity=5)
     phrases = list(DROPS)
     for kwargs, match in [
-        ({"budget": 50}, "initial"),
+        ({"budget": 50}, "--initial"),
         ({"budget": 500, "top_k": 12}, "top_k"),
         ({"budget": 500, "alpha": 1.5}, "alpha"),
         ({"budget": 500, "correction": "fdr"}, "holm"),
@@ -197,7 +198,9 @@ def test_probe_refuses_bad_input_before_any_work(tmp_path):
         probe("world:base", ["at night"], budget=500, oracle=oracle, progress=False)
     with pytest.raises(SpecError, match="neither 'builtin' nor a file"):
         probe("world:base", str(tmp_path / "missing.txt"), budget=500, oracle=oracle, progress=False)
-    assert oracle.calls == 0
+    with pytest.raises(SpecError, match="--budget"):
+        probe("world:base", phrases, budget=50, oracle=oracle, out=tmp_path / "never", progress=False)
+    assert oracle.calls == 0 and not (tmp_path / "never").exists()
 
 
 def test_the_vocabulary_has_hundreds_of_distinct_phrases_in_groups():
@@ -219,7 +222,11 @@ def test_phrase_files_skip_comments_and_name_the_bad_line(tmp_path):
 
     good = tmp_path / "p.txt"
     good.write_text("# mine\non a frozen lake\n\na watercolor painting of a <TOKEN>\non a frozen lake\n")
-    assert [p.text for p in load_phrases(good)] == ["on a frozen lake", "a watercolor painting of a <TOKEN>"]
+    assert [p.text for p in load_phrases(good)] == ["on a frozen lake", "a watercolor painting of a <TOKEN>",
+                                                    "on a frozen lake"]
+    (tmp_path / "same.txt").write_text("in the rain\nIN THE RAIN \nin_the_rain\n")
+    with pytest.raises(SpecError, match="2 were the same shift"):  # merged, and the error says so
+        probe("world:base", str(tmp_path / "same.txt"), budget=100, oracle=TableOracle({}), progress=False)
     bad = tmp_path / "bad.txt"
     bad.write_text("on a frozen lake\na <TOKEN> and a <TOKEN>\n")
     with pytest.raises(ShiftError, match="line 2"):

@@ -28,10 +28,13 @@ class Phrases(Command):
             print(json.dumps([{"text": p.text, "group": p.group, "shift": p.id, "template": p.shift.template}
                               for p in phrases], indent=2))
             return 0
-        print(f"{'group':14s} {'shift id':44s} prompt")
+        w = max([8] + [len(p.id) for p in phrases])
+        print(f"{'group':14s} {'shift id':{w}s} prompt")
         for p in phrases:
-            print(f"{p.group:14s} {p.id:44s} {p.shift.template}")
-        print(f"\n{len(phrases)} phrases. Probe them all: dsi-bench probe --classifier SPEC --budget N --out DIR")
+            print(f"{p.group:14s} {p.id:{w}s} {p.shift.template}")
+        only = f" --groups {args.group}" if args.group else ""
+        print(f"\n{len(phrases)} phrases. Probe them: dsi-bench probe --classifier SPEC{only} --budget N --out DIR"
+              + ("" if args.pattern == "*" else " (to probe only these, list them in a --phrases file)"))
         return 0
 
 
@@ -78,7 +81,8 @@ class Probe(Command):
         p.add_argument("--step", type=int, default=10, help="pairs an undecided phrase gets per round (default: 10)")
         p.add_argument("--tolerance", type=finite_float("--tolerance", low=0, example=0.05), default=0.0,
                        help="drops closer than this count as tied when separating the top k (default: 0)")
-        p.add_argument("--max-per-phrase", type=int, default=None, help="the most pairs one phrase may take")
+        p.add_argument("--max-per-phrase", type=int, default=None,
+                       help="the most pairs one phrase may take (default: no limit but the budget)")
         p.add_argument("--order-seed", type=non_negative_int, default=0,
                        help="seed of the order of classes the pairs are drawn from (default: 0)")
         p.add_argument("--batch-size", type=int, default=64, help="classifier batch size (default: 64)")
