@@ -342,7 +342,7 @@ def evaluate(
 
     preds: dict[str, ShiftPredictions] = {}
     fingerprints: dict[str, str] = {}
-    shift_info: dict[str, dict] = {}
+    shift_defs: dict = {}
     data_root = None
     draft = None
     backend_masks = None
@@ -355,7 +355,7 @@ def evaluate(
                 raise DsiBenchError(f"shift {shift_id!r} of {source} {root!r} has no samples to evaluate "
                                     "(empty source, or every sample masked out)")
             fingerprints[shift_id] = ds.fingerprint()
-            shift_info[shift_id] = {"shift_name": ds.shift.name, "template": ds.shift.template}
+            shift_defs[shift_id] = ds.shift
             data_root = ds.backend.data_fingerprint
             draft, backend_masks = ds.draft, ds.backend.masks
             checked_reads = getattr(ds.backend, "checked_reads", None)  # shards: sha256 checked (None: no checksums)
@@ -418,7 +418,7 @@ def evaluate(
                     dataset=_jsonable({**{k: defaults[k] for k in _RECORDED_DEFAULTS}, **args}))
     results = build_results(preds, class_names=class_list.names, model=model_info, data=info,
                             label_space=class_list.name, hardware=hardware_info(device), run=run, worst_k=worst_k,
-                            shift_info=shift_info)
+                            shift_defs=shift_defs)
     results.predictions = preds
     if predictions is not None and rank0:
         _write_predictions_keeping(preds, predictions, results)

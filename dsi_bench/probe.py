@@ -519,9 +519,9 @@ def probe(
                         "the probe separates the worst top_k from the rest")
     setup = _Setup.open(classifier, data, oracle, weights=weights, transform=transform, name=name,
                         batch_size=batch_size, device=device, progress=progress)
-    first_pairs = min(initial, max_per_phrase or initial,
-                      setup.oracle.capacity * len(setup.classes) if setup.oracle.capacity else initial)
-    first_cost = (len(chosen) + 1) * first_pairs
+    units = UnitSequence(setup.classes, order_seed, setup.oracle.capacity)
+    cap = min(len(units), max_per_phrase or len(units))  # pairs one phrase can take
+    first_cost = (len(chosen) + 1) * min(initial, cap)
     if first_cost > budget:  # before the output folder exists
         raise SpecError(f"a budget of {budget} images (budget=, --budget) cannot give each of the {len(chosen)} "
                         f"phrases its first {initial} pairs ({first_cost} images with their base twins); raise the "
@@ -540,8 +540,6 @@ def probe(
                     "max_per_phrase": max_per_phrase, "order_seed": order_seed, "classes": setup.classes,
                     "capacity": setup.oracle.capacity}
         state = _State.open(out, settings, resume)
-        units = UnitSequence(setup.classes, order_seed, setup.oracle.capacity)
-        cap = min(len(units), max_per_phrase or len(units))
         shifts = [p.shift for p in chosen]
         from .shifts import get_shift
 
@@ -552,21 +550,22 @@ def probe(
         diffs: list[list[float]] = [[] for _ in chosen]
 
         def observe(plan: dict[int, int]) -> None:
+            from .layout import sample_key
+
             nonlocal n_base
             new_base = max([n_base] + [int(n[a]) + extra for a, extra in plan.items()])
             requests = [(base, c, i) for c, i in units.take(n_base, new_base)]
-            for a, extra in plan.items():
-                requests += [(shifts[a], c, i) for c, i in units.take(int(n[a]), int(n[a]) + extra)]
+            taken = {a: units.take(int(n[a]), int(n[a]) + extra) for a, extra in plan.items()}
+            for a, got in taken.items():
+                requests += [(shifts[a], c, i) for c, i in got]
             rows.update(state.predict(setup.oracle, requests))
             n_base = new_base
-            from .layout import sample_key
-
-            for a, extra in plan.items():
-                for c, i in units.take(int(n[a]), int(n[a]) + extra):
+            for a, got in taken.items():
+                for c, i in got:
                     twin = rows[sample_key("base", c, i)]
                     shifted = rows[sample_key(shifts[a].id, c, i)]
                     diffs[a].append(float(twin[1][0] == twin[0]) - float(shifted[1][0] == shifted[0]))
-                n[a] += extra
+                n[a] += len(got)
 
         def cost(plan: dict[int, int]) -> int:
             return sum(plan.values()) + max(0, max([n_base] + [int(n[a]) + e for a, e in plan.items()]) - n_base)
@@ -613,8 +612,7 @@ def probe(
             rounds += 1
             state.save()
         bar.close()
-        state.save()
-        status = race_status(diffs, top_k, alpha, tolerance, intervals())
+        state.save()  # the last status stands: every exit above leaves the observations as it judged them
         table = _table(chosen, diffs, status, alpha, correction)
         exhaustive = m * int(n.max()) + int(n.max())
         result = ProbeResult(table=table, top=[chosen[a].id for a in status.top], separated=status.separated,
@@ -624,7 +622,7 @@ def probe(
             "method": "paired racing with anytime-valid betting confidence sequences (Waudby-Smith & Ramdas 2023); "
                       "successive accepts/rejects for the top k",
             "intervals": "anytime-valid at level 1 - alpha (top1_ci and drop_ci of every shift); mcnemar_p is None",
-        "correction": correction, "alpha": alpha, "top_k": top_k, "initial": initial, "step": step,
+            "correction": correction, "alpha": alpha, "top_k": top_k, "initial": initial, "step": step,
             "tolerance": tolerance, "max_per_phrase": max_per_phrase, "order_seed": order_seed, "budget": budget,
             "images": used, "exhaustive_images": exhaustive, "generated": setup.oracle.generated, "rounds": rounds,
             "stopped": stopped, "separated": status.separated, "top": result.top, "phrases": len(chosen),
@@ -740,11 +738,12 @@ class _Setup:
         run = RunConfig(batch_size=self.batch_size, num_workers=0, device=self.device, amp=False, amp_dtype=None,
                         channels_last=False, decode="full", draft_size=None, restrict=False, class_map=None,
                         world_size=1, dataset=record)
-        shift_info = {"base": {"shift_name": "base", "template": "a photo of a <TOKEN>"}}
-        shift_info.update({p.id: {"shift_name": p.shift.name, "template": p.shift.template} for p in chosen})
+        from .shifts import get_shift
+
+        shift_defs = {"base": get_shift("base"), **{p.id: p.shift for p in chosen}}
         results = build_results(preds, class_names=self.class_names, model=self.model_info, data=info,
                                 label_space=self.label_space, hardware=hardware_info(self.device), run=run,
-                                extra={"probe": probe_section}, shift_info=shift_info)
+                                extra={"probe": probe_section}, shift_defs=shift_defs)
         alpha = probe_section["alpha"]
         for sid, p in preds.items():
             # fixed-sample intervals (Wilson) are not valid after adaptive stopping: anytime-valid ones instead

@@ -475,11 +475,12 @@ def _shift_of(results: Results, shift: str):
     return shift
 
 
-def _prompt(results: Results, shift: str) -> str:
+def _prompt(shift) -> str:
+    """The prompt of a shift :func:`_shift_of` resolved (its id where it could not)."""
     from .shifts import get_shift
 
     try:
-        return get_shift(_shift_of(results, shift)).prompt("<class>")
+        return get_shift(shift).prompt("<class>")
     except DsiBenchError:
         return shift
 
@@ -503,7 +504,7 @@ def _model_page(model: _Model, writer: _Writer, plan: dict, max_pairs: int, resu
         custom = getattr(shift, "is_custom", False)
         title = f'{_e(shift.name)} <small class="more">{_e(s)}</small>' if custom else _e(s)
         parts.append(f'<section id="shift-{_e(s)}" data-shift="{_e(s)}"><h2>{title}</h2>'
-                     f'<p class="more">prompt: {_e(_prompt(model.results, s))}</p>'
+                     f'<p class="more">prompt: {_e(_prompt(shift))}</p>'
                      f"<p>top-1 {_pct(m.get('top1'))}% (n {m.get('n')}), drop vs base {_pct(m.get('drop_vs_base'))} "
                      f"pts, flips {_pct(m.get('flip_rate'))}%, reverse flips {_pct(m.get('reverse_flip_rate'))}%, "
                      f"{_p_text(m)}</p>")

@@ -215,12 +215,13 @@ def build_results(
     run: RunConfig | None = None,
     worst_k: int = 10,
     extra: dict | None = None,
-    shift_info: dict[str, dict] | None = None,
+    shift_defs: dict | None = None,
 ) -> Results:
     """Compute every metric from per-sample predictions (the same code for ``eval``, ``score`` and ``probe``).
 
-    ``shift_info`` adds what each shift was (``shift_name``, ``template``) to its entry, so a custom
-    shift's samples can be found again from its id (the report regenerates them from the template)."""
+    ``shift_defs`` (shift id -> :class:`~dsi_bench.shifts.Shift`) adds what each shift was (``shift_name``,
+    ``template``) to its entry, so a custom shift's samples can be found again from its id (the report
+    regenerates them from the template)."""
     base = predictions.get("base")
     data = dict(data)
     data.setdefault("shift_fingerprints", {})
@@ -228,7 +229,8 @@ def build_results(
     for shift_id, p in predictions.items():
         shifts[shift_id] = _shift_result(ShiftContext(shift_id, p, base), class_names, worst_k)
         shifts[shift_id]["fingerprint"] = data["shift_fingerprints"].get(shift_id)
-        shifts[shift_id].update((shift_info or {}).get(shift_id, {}))
+        if shift_defs and shift_id in shift_defs:
+            shifts[shift_id].update(shift_name=shift_defs[shift_id].name, template=shift_defs[shift_id].template)
     document = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

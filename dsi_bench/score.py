@@ -509,7 +509,7 @@ def score_predictions(
         _check_missing(path, missing_total or {}, allow_missing)
     else:
         unknown = _Tally()
-        shift_info: dict[str, dict] = {}
+        shift_defs: dict = {}
         for s in shift_ids:
             ds = ShiftedImageNet(s, **{**args, "class_list": class_list})
             keys, order = _source_keys(s, ds.keys)
@@ -517,7 +517,7 @@ def score_predictions(
             known = keys if masks in (False, None) else _source_keys(
                 s, ShiftedImageNet(s, **{**args, "class_list": class_list, "masks": False}).keys)[0]
             fingerprints[s] = ds.fingerprint()
-            shift_info[s] = {"shift_name": ds.shift.name, "template": ds.shift.template}
+            shift_defs[s] = ds.shift
             manifest, backend_masks = ds.backend.data_fingerprint, ds.backend.masks
             rows = f.rows(s)
             is_known = np.isin(rows.codes, known.codes())
@@ -548,6 +548,6 @@ def score_predictions(
              "preprocessing": "by the submitter", "num_outputs": None, "class_map": None}
     results = build_results(preds, class_names=class_list.names, model=model, data=data,
                             label_space=class_list.name, worst_k=worst_k,
-                            shift_info=None if source is None else shift_info)
+                            shift_defs=None if source is None else shift_defs)
     results.predictions_file = Path(path).expanduser().resolve()  # saving the results records it
     return results
